@@ -1,0 +1,61 @@
+"""The ``migrator`` command line: one module per subcommand."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from migrator.config import Settings, load_settings
+from migrator.errors import MigratorError
+
+app = typer.Typer(help="Migrate a legacy PACS archive into a new PACS over DICOM.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[Path, typer.Option(
+    "--config", "-c", envvar="MIGRATOR_CONFIG",
+    help="Configuration file (TOML). Also read from MIGRATOR_CONFIG.")]
+DEFAULT_CONFIG = Path("migrator.toml")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Send log records to stderr through rich; only entry points call this."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    # pynetdicom logs every association at INFO; keep its warnings and errors only.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def load(path: Path) -> Settings:
+    """Load the configuration or exit with its error message."""
+    try:
+        return load_settings(path)
+    except MigratorError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False
+          ) -> None:
+    setup_logging(verbose)
+
+
+def main() -> None:
+    from migrator.cli import config_cmd, demo, plan, sinbin, start, status, trace  # noqa: F401
+
+    app()

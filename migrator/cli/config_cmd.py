@@ -1,0 +1,62 @@
+"""``migrator config check``: validate the file and test every connection."""
+
+from __future__ import annotations
+
+import typer
+from sqlalchemy import text
+
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, load
+from migrator.dicom.send import echo
+from migrator.errors import MigratorError
+from migrator.reconcile.legacy import LegacyDatabase
+from migrator.route import load_exclusion_list
+from migrator.state.db import open_state
+
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate the configuration and test the databases, roots and destinations (C-ECHO)."""
+    settings = load(config)
+    console.print(f"{config}: valid")
+    problems = 0
+
+    def report(what: str, action: object) -> None:
+        nonlocal problems
+        try:
+            if callable(action):
+                action()
+            console.print(f"  [green]ok[/green]     {what}")
+        except (MigratorError, OSError) as exc:
+            problems += 1
+            console.print(f"  [red]failed[/red] {what}: {exc}", highlight=False)
+
+    state_url = settings.state.sqlalchemy_url(settings.base_dir)
+    report(f"state database {state_url.render_as_string(hide_password=True)}",
+           lambda: open_state(state_url))
+
+    def legacy_check() -> None:
+        legacy = LegacyDatabase(settings.legacy, settings.base_dir)
+        with legacy.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        legacy.fetch(["1.2.3.4.5.6.7.8.9"])  # runs the query once with one UID
+
+    report("legacy database and reconciliation query", legacy_check)
+    for root in settings.roots:
+        path = settings.resolve(root.path)
+
+        def root_check(path=path) -> None:  # type: ignore[no-untyped-def]
+            if not path.is_dir():
+                raise OSError(f"{path} is not a readable folder; is the share mounted?")
+
+        report(f"storage root {root.name} ({path})", root_check)
+    report("exclusion list", lambda: load_exclusion_list(settings))
+    targets = dict(settings.destinations, sinbin=settings.sinbin)
+    for name, destination in targets.items():
+        report(f"C-ECHO {name} ({destination.ae_title}@{destination.host}:{destination.port})",
+               lambda name=name, destination=destination: echo(settings.run.ae_title, name, destination))
+    if problems:
+        console.print(f"{problems} check(s) failed")
+        raise typer.Exit(1)

@@ -1,0 +1,65 @@
+"""``migrator sinbin list`` and ``migrator sinbin release``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.context import RunContext
+from migrator.errors import MigratorError
+from migrator.sinbin import list_items, release
+
+sinbin_app = typer.Typer(help="Review and release what the migration held back.", no_args_is_help=True)
+app.add_typer(sinbin_app, name="sinbin")
+
+Reason = Annotated[str | None, typer.Option(help="Only items whose reason starts with this, e.g. 'orphan'.")]
+Root = Annotated[str | None, typer.Option(help="Only items from this storage root.")]
+Study = Annotated[str | None, typer.Option(help="Only items of this Study Instance UID.")]
+
+
+@sinbin_app.command("list")
+def list_command(config: ConfigOption = DEFAULT_CONFIG, reason: Reason = None, root: Root = None,
+                 study: Study = None,
+                 released: Annotated[bool, typer.Option(help="Include released items.")] = False) -> None:
+    """List sin bin items with their reason; unreadable files show the parse error."""
+    settings = load(config)
+    context = RunContext.open(settings)
+    with context.sessions() as session:
+        rows = list_items(session, reason, root, study, include_released=released)
+    table = Table(title=f"Sin bin: {len(rows)} item(s)")
+    for column in ("item", "root", "path", "reason", "where", "released to"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row.item.id), row.root, row.instance.rel_path, row.item.reason,
+                      "archive" if row.item.archived else "on disk", row.item.released_to or "")
+    console.print(table)
+
+
+@sinbin_app.command("release")
+def release_command(
+    to: Annotated[str, typer.Option("--to", help="Destination name to send the items to.")],
+    item: Annotated[list[int] | None, typer.Option("--item", help="Item id; repeat for several.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG, reason: Reason = None, root: Root = None, study: Study = None,
+) -> None:
+    """Send reviewed items to a destination through the normal path (corrected and audited)."""
+    if not (item or reason or root or study):
+        raise fail(ValueError("name the items to release with --item, --reason, --root or --study"))
+    settings = load(config)
+    try:
+        context = RunContext.open(settings)
+        with context.sessions() as session:
+            rows = list_items(session, reason, root, study, ids=item)
+        results = release(context, rows, to)
+    except MigratorError as exc:
+        raise fail(exc) from None
+    failed = 0
+    for item_id, result in sorted(results.items()):
+        console.print(f"item {item_id}: {result}", highlight=False)
+        failed += result not in ("sent", "sent_with_warning")
+    if not results:
+        console.print("no unreleased sin bin item matches")
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,44 @@
+"""``migrator start``: migrate the planned batches (embedded mode)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import func, select
+
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.errors import MigratorError
+from migrator.state.db import open_state
+from migrator.state.models import Batch, BatchStatus
+from scheduler.dispatch.embedded import run_embedded
+
+
+@app.command("start")
+def start_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    retry_failed: Annotated[bool, typer.Option(
+        help="Try again every instance whose outcome is 'failed'.")] = False,
+) -> None:
+    """Migrate every planned batch on a local process pool; run again to resume."""
+    settings = load(config)
+    try:
+        sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
+        with sessions() as session:
+            total = session.scalar(select(func.coalesce(func.sum(Batch.instance_count), 0))
+                                   .where(Batch.status != BatchStatus.DONE.value)) or 0
+        with Progress(TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console) as progress:
+            task = progress.add_task("batches", total=total)
+            totals = run_embedded(settings, sessions, retry_failed,
+                                  lambda result, size: progress.advance(task, size))
+    except KeyboardInterrupt:
+        console.print("interrupted; run 'migrator start' again to resume")
+        raise typer.Exit(130) from None
+    except MigratorError as exc:
+        raise fail(exc) from None
+    if not totals:
+        console.print("nothing to migrate: no planned batches (run 'migrator plan' first?)")
+        return
+    console.print("outcomes of the batches run: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))

@@ -1,0 +1,318 @@
+"""The migration configuration: one TOML file, validated on load.
+
+Passwords never appear in the file. A database section names the environment
+variable that holds its password (``password_env``) and the URL is completed
+from the environment when the file is loaded. A URL in the file that carries
+a password is rejected.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from migrator.errors import ConfigError
+
+#: Routing targets that are not destination names.
+SINBIN = "sinbin"
+SKIP = "skip"
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReconcileOutcome(str, enum.Enum):
+    """How an instance's header compares with the legacy database."""
+
+    #: A row was found and points at this file (or the query has no path).
+    MATCHED = "matched"
+    #: No row: deleted from the legacy database but still on disk.
+    ORPHAN = "orphan"
+    #: The row points at another file, for example after a study merge.
+    SUPERSEDED = "superseded"
+    #: Another file carries the same SOP Instance UID and the row points there.
+    DUPLICATE = "duplicate"
+
+
+class DatabaseConfig(Frozen):
+    """A SQLAlchemy URL without a password, and where to find the password."""
+
+    url: str
+    #: Environment variable holding the password, if the server needs one.
+    password_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_no_password(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a SQLAlchemy database URL: {exc}") from None
+        if url.password:
+            raise ValueError(
+                "the URL contains a password; remove it and name the environment "
+                "variable that holds it in password_env"
+            )
+        return value
+
+    def sqlalchemy_url(self, base_dir: Path | None = None) -> URL:
+        """Return the URL with the password taken from the environment.
+
+        A relative SQLite path is resolved against ``base_dir``.
+        """
+        url = make_url(self.url)
+        if self.password_env:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ConfigError(
+                    f"environment variable {self.password_env} is not set; it must "
+                    f"hold the password for {url.render_as_string(hide_password=True)}"
+                )
+            url = url.set(password=password)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            path = Path(url.database)
+            if not path.is_absolute() and base_dir is not None:
+                url = url.set(database=str(base_dir / path))
+        return url
+
+
+class StateConfig(DatabaseConfig):
+    """The migrator's own state database: index, batches, audit."""
+
+
+class LegacyConfig(DatabaseConfig):
+    """The legacy PACS database and the reconciliation query."""
+
+    #: A SELECT whose column aliases are DICOM keywords, keyed by
+    #: SOPInstanceUID, with ``IN :uids`` where the migrator binds a chunk.
+    query: str
+    #: Column holding the legacy PACS's own path of the file, if any.
+    path_column: str | None = "FilePath"
+    #: UIDs per query; SQL Server accepts at most 2,100 parameters.
+    chunk_size: int = Field(default=1000, ge=1, le=1000)
+    #: Compare legacy paths without regard to case (Windows file servers).
+    paths_case_insensitive: bool = True
+
+    @field_validator("query")
+    @classmethod
+    def _query_binds_uids(cls, value: str) -> str:
+        if ":uids" not in value:
+            raise ValueError("the query must filter with 'IN :uids' on the SOP Instance UID column")
+        if "SOPInstanceUID" not in value:
+            raise ValueError("the query must return a column aliased SOPInstanceUID")
+        return value
+
+
+class RootConfig(Frozen):
+    """One storage root of the legacy archive."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path
+    #: What the legacy database puts before a path relative to this root,
+    #: for example ``\\\\pacs01\\share03\\``.
+    legacy_path_prefix: str | None = None
+
+
+class DestinationConfig(Frozen):
+    """A DICOM storage SCP."""
+
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: SOP Class UIDs the destination takes; empty means every storage class.
+    accepted_sop_classes: list[str] = []
+    #: Seconds to wait for an association, then for each response.
+    acse_timeout: float = Field(default=30, gt=0)
+    dimse_timeout: float = Field(default=120, gt=0)
+    #: Maximum PDU size we offer to receive; 0 means unlimited.
+    max_pdu: int = Field(default=0, ge=0)
+
+
+class RouteRule(Frozen):
+    """One routing rule. Every condition given must hold; omitted ones match anything."""
+
+    name: str
+    #: A destination name, "sinbin" or "skip".
+    to: str
+    #: Recorded with the outcome; required for the sin bin and skip.
+    reason: str | None = None
+    sop_class_uid: list[str] | None = None
+    transfer_syntax: list[str] | None = None
+    has_pixel_data: bool | None = None
+    modality: list[str] | None = None
+    reconciliation: list[ReconcileOutcome] | None = None
+    excluded_study: bool | None = None
+    #: Matches when this destination's accepted_sop_classes leaves the class out.
+    not_accepted_by: str | None = None
+
+    @model_validator(mode="after")
+    def _reason_for_sinbin(self) -> RouteRule:
+        if self.to in (SINBIN, SKIP) and not self.reason:
+            raise ValueError(f"rule '{self.name}' sends to {self.to} and needs a reason")
+        return self
+
+
+class RoutingConfig(Frozen):
+    """Ordered rules (first match wins) and the study exclusion list."""
+
+    rules: list[RouteRule] = []
+    #: Text file with one Study Instance UID per line; '#' starts a comment.
+    exclusion_list: Path | None = None
+
+
+class BatchConfig(Frozen):
+    """How the index is cut into batches."""
+
+    max_instances: int = Field(default=500, ge=1)
+    max_megabytes: float = Field(default=1024, gt=0)
+    mode: Literal["stripe", "folder"] = "stripe"
+
+
+class RunConfig(Frozen):
+    """The local side of the migration."""
+
+    #: Our AE title, the calling AE title of every association.
+    ae_title: AETitle = "MIGRATOR"
+    #: Processes for planning and for the embedded migration.
+    processes: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+
+
+class Settings(Frozen):
+    """The whole configuration file."""
+
+    state: StateConfig
+    legacy: LegacyConfig
+    roots: list[RootConfig] = Field(min_length=1)
+    destinations: dict[str, DestinationConfig] = Field(min_length=1)
+    sinbin: DestinationConfig
+    routing: RoutingConfig = RoutingConfig()
+    batches: BatchConfig = BatchConfig()
+    run: RunConfig = RunConfig()
+    #: Directory of the configuration file; relative paths are resolved here.
+    base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        names = [root.name for root in self.roots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"storage root names must be unique: {names}")
+        for reserved in (SINBIN, SKIP):
+            if reserved in self.destinations:
+                raise ValueError(f"'{reserved}' is reserved and cannot name a destination")
+        targets = set(self.destinations) | {SINBIN, SKIP}
+        for rule in self.routing.rules:
+            if rule.to not in targets:
+                raise ValueError(
+                    f"rule '{rule.name}' sends to unknown destination '{rule.to}'; "
+                    f"expected one of {sorted(targets)}"
+                )
+            if rule.not_accepted_by and rule.not_accepted_by not in self.destinations:
+                raise ValueError(
+                    f"rule '{rule.name}': not_accepted_by names unknown destination "
+                    f"'{rule.not_accepted_by}'"
+                )
+        return self
+
+    @property
+    def route_rules(self) -> list[RouteRule]:
+        """The configured rules, or the default rules when none are given."""
+        return self.routing.rules or default_rules(self.destinations)
+
+    def resolve(self, path: Path) -> Path:
+        """Return ``path`` resolved against the configuration file's directory."""
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def root(self, name: str) -> RootConfig:
+        for root in self.roots:
+            if root.name == name:
+                return root
+        raise ConfigError(f"storage root '{name}' is not in the configuration")
+
+
+NON_PIXEL_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
+
+
+def default_rules(destinations: dict[str, Any]) -> list[RouteRule]:
+    """Build the default rules.
+
+    Orphans, superseded files, duplicates, excluded studies and SOP classes
+    that a destination does not take go to the sin bin. Objects without
+    Pixel Data stored in Implicit or Explicit VR Little Endian go to
+    ``nonpixel`` (or ``main`` when no such destination exists), images go to
+    ``main``, and anything else goes to the sin bin for review.
+    """
+    main = "main" if "main" in destinations else next(iter(destinations))
+    nonpixel = "nonpixel" if "nonpixel" in destinations else main
+    rules = [
+        RouteRule(name="orphan", to=SINBIN, reason="orphan",
+                  reconciliation=[ReconcileOutcome.ORPHAN]),
+        RouteRule(name="duplicate", to=SINBIN, reason="duplicate",
+                  reconciliation=[ReconcileOutcome.DUPLICATE]),
+        RouteRule(name="superseded", to=SINBIN, reason="superseded",
+                  reconciliation=[ReconcileOutcome.SUPERSEDED]),
+        RouteRule(name="excluded study", to=SINBIN, reason="excluded_study",
+                  excluded_study=True),
+    ]
+    for name in dict.fromkeys([main, nonpixel]):
+        rules.append(RouteRule(name=f"not accepted by {name}", to=SINBIN,
+                               reason="unsupported_sop_class", not_accepted_by=name))
+    rules += [
+        RouteRule(name="non-pixel object", to=nonpixel, has_pixel_data=False,
+                  transfer_syntax=NON_PIXEL_SYNTAXES),
+        RouteRule(name="image", to=main, has_pixel_data=True),
+        RouteRule(name="no other rule", to=SINBIN, reason="no_matching_rule"),
+    ]
+    return rules
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read and validate a configuration file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not TOML, or fails validation. The message
+        names each bad key, its value and what is expected.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw.setdefault("base_dir", str(path.resolve().parent))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    """Render pydantic's errors as one line per key: key, bad value, expectation."""
+    lines = [f"{path}: {exc.error_count()} invalid setting(s)"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = error.get("input")
+        shown = "missing" if error["type"] == "missing" else f"got {value!r}"
+        if error["type"] != "missing" and key.endswith("url"):
+            shown = "got a URL"  # NOTE: a rejected URL may carry a password.
+        lines.append(f"  {key}: {error['msg']} ({shown})")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Everything a batch needs that outlives one batch: settings, databases, rules."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.audit import HOST
+from migrator.config import Settings
+from migrator.reconcile.legacy import LegacyDatabase
+from migrator.reconcile.outcome import PathMapper
+from migrator.route import Router, load_exclusion_list
+from migrator.state.db import open_state
+from migrator.steps import Step
+from migrator.steps.correct import correct_from_legacy
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    legacy: LegacyDatabase
+    router: Router
+    excluded_studies: frozenset[str]
+    mapper: PathMapper
+    #: Identifies this process in batch leases.
+    owner: str = field(default_factory=lambda: f"{HOST}:{os.getpid()}")
+    steps: list[Step] = field(default_factory=lambda: [correct_from_legacy])
+
+    @classmethod
+    def open(cls, settings: Settings) -> RunContext:
+        """Open the state and legacy databases and load the routing inputs."""
+        return cls(
+            settings=settings,
+            sessions=open_state(settings.state.sqlalchemy_url(settings.base_dir)),
+            legacy=LegacyDatabase(settings.legacy, settings.base_dir),
+            router=Router(settings),
+            excluded_studies=load_exclusion_list(settings),
+            mapper=PathMapper(settings.roots, settings.legacy.paths_case_insensitive),
+        )

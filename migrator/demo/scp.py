@@ -1,0 +1,66 @@
+"""A storage SCP on 127.0.0.1 that keeps what it receives, for the demo.
+
+It accepts every storage SOP class in every transfer syntax as proposed, so
+compressed instances arrive as they were sent, and writes each one to its
+folder named by SOP Instance UID.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from migrator.dicom.net import NODELAY_HANDLERS
+
+LOGGER = logging.getLogger(__name__)
+
+
+class StorageSCP:
+    """A C-STORE SCP in a background thread.
+
+    Parameters
+    ----------
+    ae_title
+        The called AE title it answers to.
+    folder
+        Where received instances are written.
+    allowed_callers
+        Calling AE titles it accepts; others are rejected.
+    """
+
+    def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str]) -> None:
+        self.ae_title = ae_title
+        self.folder = folder
+        self.received: dict[str, str] = {}  # SOP Instance UID -> transfer syntax
+        self._lock = threading.Lock()
+        self._ae = AE(ae_title=ae_title)
+        self._ae.require_called_aet = True
+        self._ae.require_calling_aet = allowed_callers
+        for context in AllStoragePresentationContexts:
+            self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server: ThreadedAssociationServer | None = None
+        self.port = 0
+
+    def start(self) -> StorageSCP:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handlers = [(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS]
+        self._server = self._ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_store(self, event: evt.Event) -> int:
+        # The request's own bytes, written as a Part 10 file without decoding.
+        uid = str(event.request.AffectedSOPInstanceUID)
+        (self.folder / f"{uid}.dcm").write_bytes(event.encoded_dataset(include_meta=True))
+        with self._lock:
+            self.received[uid] = str(event.context.transfer_syntax)
+        return 0x0000

@@ -1,0 +1,1 @@
+"""Reading DICOM files and talking DICOM on the network."""

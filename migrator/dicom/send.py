@@ -1,0 +1,174 @@
+"""C-STORE to a destination over one association per batch.
+
+The association proposes exactly the (SOP Class, transfer syntax) pairs the
+batch holds, each pair its own presentation context, so every instance
+travels in its stored transfer syntax and nothing is decompressed
+(PS3.7 D.3.2 lets an SCU propose one transfer syntax per context).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.status import code_to_category
+
+from migrator.config import DestinationConfig
+from migrator.dicom.net import NODELAY_HANDLERS
+from migrator.errors import DestinationError
+
+LOGGER = logging.getLogger(__name__)
+
+#: PS3.8 9.3.2.2 allows at most 128 presentation contexts per association.
+MAX_CONTEXTS = 128
+
+ContextKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The answer to one C-STORE request."""
+
+    #: "success", "warning" or "failure".
+    category: str
+    #: The (0000,0900) Status, or None when no response arrived.
+    status: int | None
+    #: Why it failed, or the warning's meaning; None on success.
+    detail: str | None
+
+
+def _describe(status: int) -> str:
+    return f"C-STORE status 0x{status:04X} ({code_to_category(status)})"
+
+
+class StoreSession:
+    """One association to one destination, reused for a whole batch.
+
+    Use as a context manager. When the association drops in the middle of a
+    batch, the next :meth:`store` opens a new one once; if that fails, it
+    raises :class:`DestinationError` and the caller fails the rest.
+    """
+
+    def __init__(self, calling_ae: str, name: str, destination: DestinationConfig,
+                 pairs: Iterable[ContextKey]) -> None:
+        self.name = name
+        self.destination = destination
+        self.pairs = sorted(set(pairs))
+        if len(self.pairs) > MAX_CONTEXTS:
+            raise ValueError(f"{len(self.pairs)} presentation contexts requested, at most {MAX_CONTEXTS}")
+        self._ae = AE(ae_title=calling_ae)
+        self._ae.acse_timeout = destination.acse_timeout
+        self._ae.dimse_timeout = destination.dimse_timeout
+        self._ae.network_timeout = destination.dimse_timeout
+        self._assoc: Association | None = None
+
+    def __enter__(self) -> StoreSession:
+        self._associate()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.release()
+        self._assoc = None
+
+    def _associate(self) -> None:
+        dest = self.destination
+        contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in self.pairs]
+        assoc = self._ae.associate(
+            dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
+            max_pdu=dest.max_pdu, evt_handlers=NODELAY_HANDLERS,
+        )
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                why = "rejected the association"
+            elif assoc.is_aborted:
+                why = "aborted the association request"
+            else:
+                why = "could not be reached"
+            raise DestinationError(
+                f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) {why}; "
+                "check its AE title, host, port and that it accepts our calling AE title"
+            )
+        self._assoc = assoc
+        LOGGER.debug("associated with %s: %d contexts proposed, %d accepted", self.name,
+                      len(contexts), len(assoc.accepted_contexts))
+
+    def accepts(self, sop_class: str, syntax: str) -> bool:
+        """Tell whether the current association accepted this pair."""
+        if self._assoc is None:
+            return False
+        return any(cx.abstract_syntax == sop_class and syntax in cx.transfer_syntax
+                   for cx in self._assoc.accepted_contexts)
+
+    def store(self, ds: Dataset, sop_class: str, syntax: str) -> StoreResult:
+        """Send one dataset and classify the response.
+
+        Raises
+        ------
+        DestinationError
+            The association dropped and a new one could not be opened.
+        """
+        if self._assoc is None or not self._assoc.is_established:
+            LOGGER.warning("association with %s was lost; opening a new one", self.name)
+            self._associate()
+        if not self.accepts(sop_class, syntax):
+            return StoreResult("failure", None,
+                               f"destination {self.name} did not accept the presentation context "
+                               f"{sop_class} with transfer syntax {syntax}")
+        assert self._assoc is not None
+        try:
+            response = self._assoc.send_c_store(ds)
+        except (ValueError, AttributeError) as exc:
+            return StoreResult("failure", None, f"cannot encode the data set: {exc}")
+        status = response.get("Status")
+        if status is None:
+            why = "aborted" if self._assoc.is_aborted else "timed out or sent an invalid response"
+            self._assoc.abort()
+            return StoreResult("failure", None, f"no C-STORE response: the association {why}")
+        status = int(status)
+        category = code_to_category(status)
+        if category == "Success":
+            return StoreResult("success", status, None)
+        if category == "Warning":
+            return StoreResult("warning", status, _describe(status))
+        comment = response.get("ErrorComment")
+        detail = _describe(status) + (f": {comment}" if comment else "")
+        return StoreResult("failure", status, detail)
+
+
+def echo(calling_ae: str, name: str, destination: DestinationConfig) -> None:
+    """Send a C-ECHO to ``destination``.
+
+    Raises
+    ------
+    DestinationError
+        The association failed or the C-ECHO did not return success.
+    """
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = destination.acse_timeout
+    ae.dimse_timeout = destination.dimse_timeout
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         evt_handlers=NODELAY_HANDLERS)
+    if not assoc.is_established:
+        raise DestinationError(
+            f"destination {name} ({destination.ae_title}@{destination.host}:{destination.port}) "
+            "did not accept an association for C-ECHO"
+        )
+    try:
+        response = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    status = response.get("Status")
+    if status is None or int(status) != 0:
+        shown = "no response" if status is None else f"status 0x{int(status):04X}"
+        raise DestinationError(f"C-ECHO to destination {name} failed: {shown}")

@@ -1,0 +1,34 @@
+"""Exceptions raised by the migrator.
+
+The tree::
+
+    MigratorError
+     ├── ConfigError          the configuration file is missing or invalid
+     ├── StateError           the state database cannot be used
+     ├── LegacyDatabaseError  the reconciliation query failed
+     └── DestinationError     a destination could not be reached or rejected
+                              the association
+
+Per-instance problems (an unreadable file, a failed C-STORE) are not raised:
+they end as a recorded outcome so the batch goes on.
+"""
+
+
+class MigratorError(Exception):
+    """Base class of every error the migrator raises on purpose."""
+
+
+class ConfigError(MigratorError):
+    """The configuration file is missing or invalid."""
+
+
+class StateError(MigratorError):
+    """The state database cannot be opened, migrated or written."""
+
+
+class LegacyDatabaseError(MigratorError):
+    """The legacy database or the reconciliation query failed."""
+
+
+class DestinationError(MigratorError):
+    """A DICOM destination could not be reached or rejected the association."""

@@ -1,0 +1,81 @@
+"""Reconcile and route the instances of a batch from the index alone.
+
+Files are not read here: the index holds every UID that reconciliation and
+routing need, so a batch's decisions cost one legacy query per chunk and no
+disk reads. Header values are compared later, when each file is read to be
+sent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from migrator.context import RunContext
+from migrator.reconcile.legacy import chunked
+from migrator.reconcile.outcome import IndexedFile, Reconciliation, reconcile
+from migrator.route import Route, RouteFacts
+from migrator.state.models import Instance, StorageRoot
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one instance goes, and why."""
+
+    instance: Instance
+    root: str
+    path: Path
+    reconciliation: Reconciliation
+    route: Route
+
+
+def _same_uid_files(session: Session, uids: Sequence[str], chunk: int) -> dict[str, list[IndexedFile]]:
+    found: dict[str, list[IndexedFile]] = defaultdict(list)
+    for part in chunked(list(uids), chunk):
+        rows = session.execute(
+            select(Instance.id, StorageRoot.name, Instance.rel_path, Instance.sop_instance_uid)
+            .join(StorageRoot, StorageRoot.id == Instance.root_id)
+            .where(Instance.sop_instance_uid.in_(part))
+        )
+        for id_, root, rel_path, uid in rows:
+            found[uid].append(IndexedFile(id_, root, rel_path, uid))
+    return found
+
+
+def decide(context: RunContext, session: Session, rows: Sequence[tuple[Instance, str]]) -> list[Decision]:
+    """Reconcile and route ``rows`` (instance, root name), one legacy query per chunk."""
+    settings = context.settings
+    decisions: list[Decision] = []
+    chunk_size = settings.legacy.chunk_size
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start:start + chunk_size]
+        uids = sorted({instance.sop_instance_uid or "" for instance, _ in chunk})
+        legacy_rows = context.legacy.fetch(uids)
+        same_uid = _same_uid_files(session, uids, chunk_size)
+        for instance, root in chunk:
+            uid = instance.sop_instance_uid or ""
+            indexed = IndexedFile(instance.id, root, instance.rel_path, uid)
+            result = reconcile(indexed, legacy_rows.get(uid), same_uid.get(uid, [indexed]),
+                               settings.legacy.path_column, context.mapper)
+            new_study = result.values.get("StudyInstanceUID")
+            facts = RouteFacts(
+                sop_class_uid=instance.sop_class_uid or "",
+                transfer_syntax=instance.transfer_syntax or "",
+                has_pixel_data=bool(instance.has_pixel_data),
+                modality=instance.modality,
+                reconciliation=result.outcome,
+                excluded_study=bool({instance.study_uid, new_study} & context.excluded_studies),
+            )
+            decisions.append(Decision(
+                instance=instance,
+                root=root,
+                path=settings.resolve(settings.root(root).path) / instance.rel_path,
+                reconciliation=result,
+                route=context.router.route(facts),
+            ))
+    return decisions

@@ -1,0 +1,1 @@
+"""Reconciliation of each header with the legacy PACS database."""

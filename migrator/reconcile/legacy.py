@@ -1,0 +1,103 @@
+"""The legacy PACS database, queried one chunk of SOP Instance UIDs at a time."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_dict
+from sqlalchemy import Engine, bindparam, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from migrator.config import LegacyConfig
+from migrator.errors import LegacyDatabaseError
+
+LOGGER = logging.getLogger(__name__)
+
+#: One legacy row: DICOM keyword -> value as the database returned it.
+LegacyRow = dict[str, Any]
+
+
+def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class LegacyDatabase:
+    """Runs the operator's reconciliation query with an expanding ``:uids`` list."""
+
+    def __init__(self, config: LegacyConfig, base_dir: Path | None = None,
+                 engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or create_engine(config.sqlalchemy_url(base_dir), pool_pre_ping=True)
+        self._query = text(config.query).bindparams(bindparam("uids", expanding=True))
+        self._checked_columns = False
+
+    def _check_columns(self, columns: Iterable[str]) -> None:
+        for column in columns:
+            if column == self.config.path_column:
+                continue
+            if column not in keyword_dict:
+                raise LegacyDatabaseError(
+                    f"the reconciliation query returns column '{column}', which is not a "
+                    "DICOM keyword; alias every column to a keyword such as PatientID"
+                )
+        self._checked_columns = True
+
+    def fetch(self, uids: Iterable[str]) -> dict[str, LegacyRow]:
+        """Return the legacy row of each UID that has one.
+
+        One query per chunk of at most ``chunk_size`` UIDs; SQL Server
+        rejects statements with more than 2,100 parameters.
+        """
+        wanted = sorted(set(uids))
+        rows: dict[str, LegacyRow] = {}
+        try:
+            with self.engine.connect() as connection:
+                for chunk in chunked(wanted, self.config.chunk_size):
+                    result = connection.execute(self._query, {"uids": list(chunk)})
+                    if not self._checked_columns:
+                        self._check_columns(result.keys())
+                    for row in result.mappings():
+                        rows[str(row["SOPInstanceUID"]).strip()] = dict(row)
+        except SQLAlchemyError as exc:
+            url = self.engine.url.render_as_string(hide_password=True)
+            raise LegacyDatabaseError(f"the reconciliation query failed on {url}: {exc}") from exc
+        return rows
+
+
+def to_dicom_string(keyword: str, value: Any) -> str | None:
+    """Convert a database value to the DICOM string form of ``keyword``'s VR.
+
+    Returns None for NULL or an empty value, which leave the header unchanged.
+    """
+    if value is None:
+        return None
+    vr = dictionary_VR(keyword)
+    if isinstance(value, datetime.datetime):
+        text_value = value.strftime("%Y%m%d%H%M%S") if vr == "DT" else value.strftime(
+            "%H%M%S" if vr == "TM" else "%Y%m%d")
+    elif isinstance(value, datetime.date):
+        text_value = value.strftime("%Y%m%d")
+    elif isinstance(value, datetime.time):
+        text_value = value.strftime("%H%M%S")
+    elif isinstance(value, Decimal | float) and vr in ("IS",):
+        text_value = str(int(value))
+    else:
+        text_value = str(value)
+    text_value = text_value.strip()
+    return text_value or None
+
+
+def legacy_values(row: LegacyRow, path_column: str | None) -> dict[str, str]:
+    """Return the row's non-empty DICOM values as strings, without the key and path columns."""
+    return {
+        keyword: converted
+        for keyword, value in row.items()
+        if keyword not in ("SOPInstanceUID", path_column)
+        and (converted := to_dicom_string(keyword, value)) is not None
+    }

@@ -1,0 +1,161 @@
+"""The state schema: storage roots, the instance index, batches, audit, sin bin.
+
+Alembic migrations under ``alembic/versions`` create these tables; change
+both together.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UID = String(64)
+
+
+class Outcome(str, enum.Enum):
+    """The one final outcome recorded for each instance."""
+
+    SENT = "sent"
+    #: The destination answered with a warning status (0xB000, 0xB006, 0xB007).
+    SENT_WITH_WARNING = "sent_with_warning"
+    #: Stored in the sin bin archive for review, with a reason.
+    SINBINNED = "sinbinned"
+    #: Not stored anywhere; the reason says why. Eligible for a retry.
+    FAILED = "failed"
+    #: Deliberately not sent by a routing rule.
+    SKIPPED = "skipped"
+    #: The file could not be parsed as DICOM; it stays where it is.
+    UNREADABLE = "unreadable"
+
+
+#: Outcomes that mean the instance is stored at a destination.
+DELIVERED = (Outcome.SENT, Outcome.SENT_WITH_WARNING, Outcome.SINBINNED)
+
+
+class BatchStatus(str, enum.Enum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StorageRoot(Base):
+    __tablename__ = "storage_roots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+
+
+class Instance(Base):
+    """One file found under a storage root."""
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        UniqueConstraint("root_id", "rel_path", name="uq_instances_root_path"),
+        Index("ix_instances_root_folder", "root_id", "folder"),
+        Index("ix_instances_sop_instance_uid", "sop_instance_uid"),
+        Index("ix_instances_unbatched", "root_id", "batch_id", "study_uid"),
+        Index("ix_instances_batch", "batch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("storage_roots.id"))
+    #: Path relative to the root, with forward slashes.
+    rel_path: Mapped[str] = mapped_column(Text)
+    folder: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    transfer_syntax: Mapped[str | None] = mapped_column(UID)
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    study_uid: Mapped[str | None] = mapped_column(UID)
+    series_uid: Mapped[str | None] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    has_pixel_data: Mapped[bool | None] = mapped_column(Boolean)
+    #: Why the header could not be read; NULL for a readable file.
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
+    #: The final outcome, NULL until the instance has one.
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    """A group of instances migrated together: whole studies, or one folder."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_status", "status", "root_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("storage_roots.id"))
+    #: Dispatch order within the root.
+    seq: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PLANNED.value)
+    instance_count: Mapped[int] = mapped_column(Integer)
+    byte_count: Mapped[int] = mapped_column(BigInteger)
+    #: Who holds the batch while it runs, and until when.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One attempt at one instance; the last entry carries its final outcome."""
+
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_instance", "instance_id"), Index("ix_audit_time", "finished_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    reconciliation: Mapped[str | None] = mapped_column(String(32))
+    route_rule: Mapped[str | None] = mapped_column(String(200))
+    destination: Mapped[str | None] = mapped_column(String(100))
+    #: The C-STORE response status, NULL when no response arrived.
+    dimse_status: Mapped[int | None] = mapped_column(Integer)
+    #: Header corrections: a list of {"keyword", "old", "new"}.
+    changes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    host: Mapped[str] = mapped_column(String(255))
+
+
+class SinBinItem(Base):
+    """An instance held back for review, and whether it was released."""
+
+    __tablename__ = "sinbin_items"
+    __table_args__ = (Index("ix_sinbin_instance", "instance_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    #: True when a copy is in the sin bin archive; unreadable files stay on disk.
+    archived: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    released_to: Mapped[str | None] = mapped_column(String(100))
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,45 @@
+"""Counts for ``migrator status``: outcomes overall and per root, and the rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from migrator.state.models import DELIVERED, AuditEntry, Instance, StorageRoot
+
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Status:
+    #: root name -> outcome (or "pending") -> count
+    by_root: dict[str, dict[str, int]]
+    #: Instances delivered per hour between the first and the last delivery.
+    images_per_hour: float | None
+
+    def totals(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for counts in self.by_root.values():
+            for outcome, count in counts.items():
+                result[outcome] = result.get(outcome, 0) + count
+        return result
+
+
+def read_status(session: Session) -> Status:
+    by_root: dict[str, dict[str, int]] = {}
+    rows = session.execute(
+        select(StorageRoot.name, Instance.outcome, func.count(Instance.id))
+        .join(StorageRoot, StorageRoot.id == Instance.root_id)
+        .group_by(StorageRoot.name, Instance.outcome))
+    for root, outcome, count in rows:
+        by_root.setdefault(root, {})[outcome or PENDING] = count
+    delivered = [outcome.value for outcome in DELIVERED]
+    first, last, count = session.execute(
+        select(func.min(AuditEntry.started_at), func.max(AuditEntry.finished_at), func.count(AuditEntry.id))
+        .where(AuditEntry.outcome.in_(delivered))).one()
+    rate = None
+    if count and first and last and last > first:
+        rate = count / ((last - first).total_seconds() / 3600)
+    return Status(by_root, rate)

@@ -1,0 +1,1 @@
+"""Planning (walk, index, batches) and dispatch (feeding batches to workers)."""

@@ -1,0 +1,1 @@
+"""Dispatch: feeding planned batches to workers."""

@@ -1,0 +1,1 @@
+"""Planning: walk the storage roots, index every file, cut batches."""

@@ -1,0 +1,74 @@
+"""Walking a storage root folder by folder, and parsing headers in a worker process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.dicom.read import UnreadableFile, read_header
+
+
+@dataclass(frozen=True)
+class FileStat:
+    name: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """A file's index fields, or the reason it could not be parsed."""
+
+    rel_path: str
+    folder: str
+    size: int
+    mtime_ns: int
+    fields: dict[str, object]
+    parse_error: str | None
+
+
+def iter_folders(root: Path, errors: list[str]) -> Iterator[tuple[str, list[FileStat]]]:
+    """Yield (folder relative to ``root``, its files) depth first, in name order.
+
+    A folder that cannot be listed is appended to ``errors`` with the reason.
+
+    Symbolic links to folders are not followed, so a link loop or a link out
+    of the root cannot make the walk leave the root or never end.
+    """
+    stack = [""]
+    while stack:
+        folder = stack.pop()
+        files: list[FileStat] = []
+        subfolders: list[str] = []
+        try:
+            with os.scandir(root / folder) as entries:
+                for entry in entries:
+                    rel = f"{folder}/{entry.name}" if folder else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(rel)
+                    elif entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
+        except OSError as exc:
+            errors.append(f"{root / folder}: cannot list the folder: {exc.strerror or exc}")
+            continue
+        if files:
+            yield folder, sorted(files, key=lambda f: f.name)
+        stack.extend(sorted(subfolders, reverse=True))
+
+
+def parse_folder(root: str, folder: str, files: list[FileStat]) -> list[ParsedFile]:
+    """Parse the header of each file; runs in a process of the planning pool."""
+    parsed = []
+    for stat in files:
+        rel_path = f"{folder}/{stat.name}" if folder else stat.name
+        try:
+            header = read_header(Path(root) / rel_path)
+            fields: dict[str, object] = dict(header.__dict__)
+            error = None
+        except UnreadableFile as exc:
+            fields, error = {}, str(exc)
+        parsed.append(ParsedFile(rel_path, folder, stat.size, stat.mtime_ns, fields, error))
+    return parsed
