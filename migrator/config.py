@@ -65,7 +65,7 @@ class DatabaseConfig(Frozen):
             url = make_url(value)
         except ArgumentError as exc:
             raise ValueError(f"not a SQLAlchemy database URL: {exc}") from None
-        if url.password:
+        if url.password or any(key.lower() == "password" for key in url.query):
             raise ValueError(
                 "the URL contains a password; remove it and name the environment "
                 "variable that holds it in password_env"
@@ -252,11 +252,13 @@ NON_PIXEL_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
 def default_rules(destinations: dict[str, Any]) -> list[RouteRule]:
     """Build the default rules.
 
-    Orphans, superseded files, duplicates, excluded studies and SOP classes
-    that a destination does not take go to the sin bin. Objects without
+    Orphans, superseded files, duplicates and excluded studies go to the
+    sin bin. Objects without
     Pixel Data stored in Implicit or Explicit VR Little Endian go to
     ``nonpixel`` (or ``main`` when no such destination exists), images go to
-    ``main``, and anything else goes to the sin bin for review.
+    ``main``, and anything else goes to the sin bin for review. The router
+    itself sends a SOP class that the chosen destination does not accept to
+    the sin bin.
     """
     main = "main" if "main" in destinations else next(iter(destinations))
     nonpixel = "nonpixel" if "nonpixel" in destinations else main
@@ -270,9 +272,6 @@ def default_rules(destinations: dict[str, Any]) -> list[RouteRule]:
         RouteRule(name="excluded study", to=SINBIN, reason="excluded_study",
                   excluded_study=True),
     ]
-    for name in dict.fromkeys([main, nonpixel]):
-        rules.append(RouteRule(name=f"not accepted by {name}", to=SINBIN,
-                               reason="unsupported_sop_class", not_accepted_by=name))
     rules += [
         RouteRule(name="non-pixel object", to=nonpixel, has_pixel_data=False,
                   transfer_syntax=NON_PIXEL_SYNTAXES),
@@ -310,6 +309,11 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: {exc.error_count()} invalid setting(s)"]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if not error["loc"]:
+            # A check across sections has the whole file as its input, so only
+            # its message, which names the bad values, is shown.
+            lines.append(f"  {key}: {error['msg']}")
+            continue
         value = error.get("input")
         shown = "missing" if error["type"] == "missing" else f"got {value!r}"
         if error["type"] != "missing" and key.endswith("url"):

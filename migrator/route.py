@@ -52,9 +52,20 @@ class Router:
         self.rules = settings.route_rules
 
     def route(self, facts: RouteFacts) -> Route:
+        """Return the first matching rule's target.
+
+        A destination whose ``accepted_sop_classes`` leaves out the
+        instance's SOP class never receives it: the instance goes to the sin
+        bin with reason "unsupported_sop_class".
+        """
         for rule in self.rules:
-            if _matches(rule, facts, self.settings):
-                return Route(rule.name, rule.to, rule.reason)
+            if not _matches(rule, facts, self.settings):
+                continue
+            destination = self.settings.destinations.get(rule.to)
+            accepted = destination.accepted_sop_classes if destination else []
+            if accepted and facts.sop_class_uid not in accepted:
+                return Route(f"{rule.name} (not accepted by {rule.to})", SINBIN, "unsupported_sop_class")
+            return Route(rule.name, rule.to, rule.reason)
         return Route("(none)", SINBIN, "no_matching_rule")
 
 

@@ -50,7 +50,7 @@ def list_items(session: Session, reason: str | None = None, root: str | None = N
         query = query.where(SinBinItem.id.in_(ids))
     if not include_released:
         query = query.where(SinBinItem.released_at.is_(None))
-    return [SinBinRow(item, instance, name) for item, instance, name in session.execute(query).tuples()]
+    return [SinBinRow(item, instance, name) for item, instance, name in session.execute(query)]
 
 
 def release(context: RunContext, rows: list[SinBinRow], destination: str) -> dict[int, str]:

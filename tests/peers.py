@@ -285,7 +285,7 @@ class OrthancPeer(PeerProcess):
             self._raise_if_exited()
             try:
                 response = self.session.get(f"{self.url}/system", timeout=1.0)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             else:
                 if response.status_code == 200:
@@ -350,9 +350,10 @@ class StoreSCP(PeerProcess):
     calling AE title, unknown storage SOP classes (-pm) and every transfer
     syntax that DCMTK 3.6.7 supports (+xa), including JPEG 2000. It writes
     the data set bit for bit as received (+B), so compressed pixel data is
-    never decoded. Files are named "<modality>.<SOP Instance UID>.dcm",
-    for example "MR.1.2.3.dcm", and a file for a UID that was already
-    received is overwritten.
+    never decoded. Files are named "<prefix>.<SOP Instance UID>.dcm", where
+    DCMTK derives the prefix from the SOP class ("MR" for MR Image Storage,
+    "UNKNOWN" for a class it does not know). A file for a UID that was
+    already received is overwritten.
     """
 
     name = "storescp"

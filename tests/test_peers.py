@@ -8,21 +8,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-# The fixtures are imported so that this file also runs without a conftest.py.
-from peers import (  # noqa: F401
-    HOST,
-    OrthancPeer,
-    PeerStartError,
-    StoreSCP,
-    orthanc,
-    storescp,
-)
+# The orthanc and storescp fixtures come from tests/conftest.py, which
+# registers tests.peers as a pytest plugin.
+from tests.peers import HOST, OrthancPeer, PeerStartError, StoreSCP
 
 JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG_2000 = "1.2.840.10008.1.2.4.91"
@@ -143,6 +138,19 @@ def test_orthanc_rejects_unknown_ae_titles(
     assert orthanc.instances() == []
 
 
+def test_orthanc_rest_requires_password(orthanc: OrthancPeer) -> None:
+    url = f"{orthanc.url}/instances"
+    with requests.Session() as session:
+        session.trust_env = False
+        without_password = session.get(url, timeout=10)
+        wrong_password = session.get(url, auth=(orthanc.http_auth[0], "wrong"), timeout=10)
+        with_password = session.get(url, auth=orthanc.http_auth, timeout=10)
+
+    assert without_password.status_code == 401
+    assert wrong_password.status_code == 401
+    assert with_password.status_code == 200
+
+
 def test_orthanc_restart_keeps_instances(tmp_path: Path) -> None:
     sample = load_sample("MR_small_jp2klossless.dcm")
     peer = OrthancPeer(tmp_path / "orthanc", "ORTHANC", ["MIGRATOR"])
@@ -225,4 +233,5 @@ def test_storescp_start_fails_on_used_port(tmp_path: Path) -> None:
             peer.start()
 
     assert "storescp.log" in str(error.value)
+    assert "Address already in use" in str(error.value)
     assert peer.process is None

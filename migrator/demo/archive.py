@@ -42,14 +42,14 @@ logger = logging.getLogger(__name__)
 
 ROOT_NAMES: tuple[str, ...] = ("root1", "root2", "root3")
 
-# The legacy PACS stores Windows UNC paths: a per-root share prefix plus the path
-# relative to the root, with backslashes.
+# The legacy PACS stores each file as a Windows UNC path, which is a per-root share
+# prefix followed by the path relative to the root with backslashes.
 LEGACY_PATH_PREFIXES: dict[str, str] = {name: f"\\\\legacy-pacs\\{name}\\" for name in ROOT_NAMES}
 
 # Number of folders per storage day that the legacy PACS stripes a study's instances over.
 FOLDERS_PER_DAY = 4
 
-# One study per scenario, see _scenario_studies().
+# Number of studies that _scenario_studies() returns, one per scenario group.
 MIN_STUDIES = 6
 
 UNSUPPORTED_SOP_CLASSES: tuple[str, ...] = (str(TwelveLeadECGWaveformStorage),)
@@ -129,7 +129,8 @@ CREATE INDEX instance_series_fk ON instance (series_fk);
 
 _UID_NAMESPACE = "pacs-migrator-demo"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_DATE_KEYWORDS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+# Dates that a copy sets to its StudyDate when the sample has them.
+_ALIGNED_DATE_KEYWORDS = ("SeriesDate", "AcquisitionDate", "ContentDate")
 
 # Identifying elements of the sample's original patient that would contradict the
 # fictitious demographics.
@@ -146,7 +147,7 @@ _EXTRA_GIVEN_NAMES = ("FRANK", "GRACE", "HEIDI", "IVAN", "JUDY", "KARL", "LENA",
 
 @dataclass(frozen=True)
 class ExpectedOutcome:
-    """Where the migrator must put one file of the demo archive.
+    """Destination that the migrator must choose for one file of the demo archive.
 
     ``sop_instance_uid`` is empty and ``transfer_syntax`` is None for unreadable files.
     ``corrections`` maps each keyword whose legacy database value differs from the header
@@ -246,7 +247,8 @@ class _SeriesSpec:
 
     Positions count from 0 within the series. A stray copy is a second file with the same
     SOP Instance UID at the same relative path on another root, which the legacy database
-    does not reference.
+    does not reference. When no candidate exists, a series that is required or carries a
+    scenario raises FileNotFoundError, and any other series is skipped.
     """
 
     candidates: tuple[str, ...]
@@ -282,7 +284,6 @@ class _StudySpec:
 
 @dataclass(frozen=True)
 class _Plan:
-    seed: int
     specs: list[_StudySpec]
     study_uids: list[str]
     dates: dict[str, str]
@@ -320,7 +321,7 @@ def find_sample(name: str) -> Path | None:
 def read_sample(path: Path) -> FileDataset:
     """Read a sample file, adding File Meta Information when the sample has none.
 
-    pydicom's rtstruct.dcm is a bare Implicit VR Little Endian dataset without the
+    pydicom 3.0's rtstruct.dcm is a bare Implicit VR Little Endian dataset without the
     preamble and File Meta Information. Such a file is read with ``force=True`` and gets a
     file meta group that names Implicit VR Little Endian.
 
@@ -337,8 +338,8 @@ def read_sample(path: Path) -> FileDataset:
 
     if dataset.original_encoding != (True, True) or "SOPClassUID" not in dataset:
         raise ValueError(
-            f"Sample {path} has no File Meta Information and is not an Implicit VR "
-            "Little Endian dataset with a SOP Class UID; pick another sample"
+            f"Sample {path} is invalid because it has no File Meta Information and is not "
+            "an Implicit VR Little Endian dataset with a SOP Class UID. Pick another sample."
         )
     file_meta = FileMetaDataset()
     file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
@@ -377,8 +378,8 @@ def _resolve_series_sample(series: _SeriesSpec) -> _SampleInfo | None:
     if series.is_required:
         directories = ", ".join(map(str, sample_directories()))
         raise FileNotFoundError(
-            f"None of the sample files {names} was found in {directories}; "
-            "install pydicom-data, which ships most of them"
+            f"None of the sample files {names} was found in {directories}. "
+            "Install pydicom-data, which ships most of them."
         )
     logger.warning("Skipping a demo series because none of its sample files exist: %s", names)
     return None
@@ -390,7 +391,10 @@ def _make_uid(seed: int, *parts: object) -> str:
 
 
 class _FileNamer:
-    """Legacy-style file names: eight upper-case hex digits and ``.dcm``, unique per archive."""
+    """Generator of legacy-style file names (eight upper-case hex digits and ``.dcm``).
+
+    One generator never returns the same name twice.
+    """
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
@@ -486,7 +490,9 @@ def _scenario_studies(rng: random.Random) -> list[_StudySpec]:
         legacy_patient=carol,
         series=(
             _SeriesSpec(("RG1_J2KR.dcm", "RG3_J2KR.dcm"), 1),
-            _SeriesSpec(("RG3_J2KR.dcm", "MR_small_jp2klossless.dcm"), 2, stray_copies=((0, "root1"),)),
+            _SeriesSpec(
+                ("RG3_J2KR.dcm", "MR_small_jp2klossless.dcm"), 2, stray_copies=((0, "root1"),)
+            ),
             _SeriesSpec(("US1_J2KR.dcm", "examples_jpeg2k.dcm"), 2, orphans=frozenset({1})),
         ),
     )
@@ -531,8 +537,13 @@ def _extra_studies(count: int, rng: random.Random) -> list[_StudySpec]:
         index = MIN_STUDIES + offset
         description, series = templates[offset % len(templates)]
         given_name = _EXTRA_GIVEN_NAMES[offset % len(_EXTRA_GIVEN_NAMES)]
-        birth_date = f"19{rng.randrange(30, 99)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
-        patient = _Patient(f"DEMO{index + 1:04d}", f"DEMO^{given_name}", birth_date, rng.choice("FM"))
+        birth_date = date(rng.randrange(1930, 2000), rng.randrange(1, 13), rng.randrange(1, 29))
+        patient = _Patient(
+            f"DEMO{index + 1:04d}",
+            f"DEMO^{given_name}",
+            birth_date.strftime("%Y%m%d"),
+            rng.choice("FM"),
+        )
         studies.append(
             _StudySpec(
                 description=description,
@@ -655,13 +666,15 @@ def _plan_archive(studies: int, seed: int) -> _Plan:
     dates = _storage_dates(rng)
     specs = _scenario_studies(rng) + _extra_studies(studies - MIN_STUDIES, rng)
     study_uids = [_make_uid(seed, "study", index) for index in range(len(specs))]
-    namer = _FileNamer(rng)
+    # A separate generator keeps the file names of the scenario studies independent of
+    # the number of extra studies.
+    namer = _FileNamer(random.Random(f"{_UID_NAMESPACE}/file-names/{seed}"))
 
     copies: list[PlannedCopy] = []
     for index in range(len(specs)):
         copies.extend(_plan_study(index, specs, study_uids, dates, namer, seed))
     unreadable = _plan_unreadable_files(dates, namer)
-    return _Plan(seed, specs, study_uids, dates, copies, unreadable)
+    return _Plan(specs, study_uids, dates, copies, unreadable)
 
 
 def plan_demo_copies(studies: int = 6, seed: int = 7) -> list[PlannedCopy]:
@@ -691,7 +704,7 @@ def _write_copy(copy: PlannedCopy, roots: dict[str, Path]) -> None:
             delattr(dataset, keyword)
 
     dataset.StudyDate = copy.study_date
-    for keyword in _DATE_KEYWORDS:
+    for keyword in _ALIGNED_DATE_KEYWORDS:
         if keyword in dataset:
             setattr(dataset, keyword, copy.study_date)
     dataset.StudyDescription = copy.study_description
@@ -717,7 +730,7 @@ def legacy_file_path(root: str, rel_path: str) -> str:
 
 
 def _insert_patients_and_studies(connection: sqlite3.Connection, plan: _Plan) -> dict[str, int]:
-    """Insert a row for every study the database still has; return study pk by UID."""
+    """Insert the patient and study rows of every unmerged study and return study pks by UID."""
     patient_pks: dict[str, int] = {}
     study_pks: dict[str, int] = {}
     for spec, study_uid in zip(plan.specs, plan.study_uids):
@@ -726,7 +739,8 @@ def _insert_patients_and_studies(connection: sqlite3.Connection, plan: _Plan) ->
         patient = spec.legacy_patient or spec.patient
         if patient.patient_id not in patient_pks:
             cursor = connection.execute(
-                "INSERT INTO patient (pat_id, pat_name, pat_birthdate, pat_sex) VALUES (?, ?, ?, ?)",
+                "INSERT INTO patient (pat_id, pat_name, pat_birthdate, pat_sex)"
+                " VALUES (?, ?, ?, ?)",
                 (patient.patient_id, patient.name, patient.birth_date, patient.sex),
             )
             patient_pks[patient.patient_id] = _inserted_pk(cursor)
@@ -756,7 +770,8 @@ def _insert_series_and_instances(
             continue
         if copy.series_instance_uid not in series_pks:
             cursor = connection.execute(
-                "INSERT INTO series (study_fk, series_iuid, series_no, modality) VALUES (?, ?, ?, ?)",
+                "INSERT INTO series (study_fk, series_iuid, series_no, modality)"
+                " VALUES (?, ?, ?, ?)",
                 (
                     study_pks[copy.legacy.values["StudyInstanceUID"]],
                     copy.series_instance_uid,
@@ -858,7 +873,9 @@ def _expected_outcomes(plan: _Plan) -> list[ExpectedOutcome]:
 
 def _prepare_base(base: Path) -> None:
     if base.exists() and any(base.iterdir()):
-        raise FileExistsError(f"Demo archive folder {base} is not empty; pass a new or empty folder")
+        raise FileExistsError(
+            f"Demo archive folder {base} is not empty. Pass a new or empty folder."
+        )
     base.mkdir(parents=True, exist_ok=True)
 
 
@@ -904,7 +921,9 @@ def build_demo_archive(base: Path, studies: int = 6, seed: int = 7) -> DemoArchi
     _write_exclusion_list(exclusion_list, plan.excluded_study_uids)
 
     expected = _expected_outcomes(plan)
-    logger.info("Built demo archive in %s with %d files in %d studies", base, len(expected), studies)
+    logger.info(
+        "Built demo archive in %s with %d files in %d studies", base, len(expected), studies
+    )
     return DemoArchive(
         base=base,
         roots=roots,

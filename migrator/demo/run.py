@@ -53,13 +53,18 @@ def prepare_folder(folder: Path) -> None:
     (folder / MARKER).write_text("made by 'migrator demo'; deleted by the next demo run\n")
 
 
-def write_config(folder: Path, archive: DemoArchive, scps: dict[str, StorageSCP], processes: int) -> Path:
-    """Write the demo's migrator.toml and return its path."""
+def write_config(folder: Path, archive: DemoArchive, endpoints: dict[str, tuple[str, int]],
+                 processes: int, state_url: str | None = None) -> Path:
+    """Write a migrator.toml for the demo archive and return its path.
+
+    ``endpoints`` maps "main", "nonpixel" and "sinbin" to (AE title, port)
+    on 127.0.0.1.
+    """
     accepted = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
                 if cx.abstract_syntax not in archive.unsupported_sop_classes]
     q = json.dumps
     lines = [
-        "[state]", f"url = {q('sqlite:///' + str(folder / 'state.sqlite3'))}", "",
+        "[state]", f"url = {q(state_url or 'sqlite:///' + str(folder / 'state.sqlite3'))}", "",
         "[legacy]", f"url = {q(archive.legacy_url)}", f"query = {q(archive.reconciliation_query)}",
         'path_column = "FilePath"', "",
         "[run]", f'ae_title = "{CALLING_AE}"', f"processes = {processes}", "",
@@ -69,10 +74,10 @@ def write_config(folder: Path, archive: DemoArchive, scps: dict[str, StorageSCP]
     for name, path in archive.roots.items():
         lines += ["[[roots]]", f"name = {q(name)}", f"path = {q(str(path))}",
                   f"legacy_path_prefix = {q(archive.legacy_path_prefixes[name])}", ""]
-    for name, scp in scps.items():
+    for name, (ae_title, port) in endpoints.items():
         section = "[sinbin]" if name == "sinbin" else f"[destinations.{name}]"
-        lines += [section, f'ae_title = "{scp.ae_title}"', 'host = "127.0.0.1"', f"port = {scp.port}"]
-        if name == "main":
+        lines += [section, f'ae_title = "{ae_title}"', 'host = "127.0.0.1"', f"port = {port}"]
+        if name != "sinbin":
             lines.append(f"accepted_sop_classes = {q(accepted)}")
         lines.append("")
     path = folder / "migrator.toml"
@@ -87,7 +92,8 @@ def run_demo(folder: Path, processes: int = 2) -> DemoResult:
     scps = {name: StorageSCP(title, folder / "received" / name, [CALLING_AE]).start()
             for name, title in SCP_TITLES.items()}
     try:
-        settings = load_settings(write_config(folder, archive, scps, processes))
+        endpoints = {name: (scp.ae_title, scp.port) for name, scp in scps.items()}
+        settings = load_settings(write_config(folder, archive, endpoints, processes))
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
         summaries = plan(settings, sessions)
         run_embedded(settings, sessions)
@@ -105,9 +111,9 @@ def check(settings: Settings, sessions: object, archive: DemoArchive, scps: dict
     with sessions() as session:  # type: ignore[operator]
         rows = session.execute(
             select(StorageRoot.name, Instance.rel_path, Instance.outcome, Instance.id)
-            .join(StorageRoot, StorageRoot.id == Instance.root_id)).tuples().all()
+            .join(StorageRoot, StorageRoot.id == Instance.root_id)).all()
         reasons = {instance_id: reason for instance_id, reason in
-                   session.execute(select(SinBinItem.instance_id, SinBinItem.reason)).tuples()}
+                   session.execute(select(SinBinItem.instance_id, SinBinItem.reason))}
     recorded = {(root, rel): (outcome, id_) for root, rel, outcome, id_ in rows}
     expected_uids: dict[str, set[str]] = {name: set() for name in scps}
     for expected in archive.expected:

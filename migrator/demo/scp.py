@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from migrator.dicom.net import NODELAY_HANDLERS
@@ -30,16 +33,27 @@ class StorageSCP:
         Where received instances are written.
     allowed_callers
         Calling AE titles it accepts; others are rejected.
+    status_for
+        Returns the C-STORE status to answer for a SOP Instance UID; tests
+        use it to play a destination that warns or fails. Default: success.
+    delay
+        Seconds to wait before each response, to play a slow destination.
     """
 
-    def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str]) -> None:
+    def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str],
+                 status_for: Callable[[str], int] | None = None, delay: float = 0.0) -> None:
         self.ae_title = ae_title
         self.folder = folder
+        self.status_for = status_for
+        self.delay = delay
+        #: Every SOP Instance UID in the order it arrived, repeats included.
+        self.arrivals: list[str] = []
         self.received: dict[str, str] = {}  # SOP Instance UID -> transfer syntax
         self._lock = threading.Lock()
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = True
         self._ae.require_calling_aet = allowed_callers
+        self._ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer | None = None
@@ -60,7 +74,14 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int:
         # The request's own bytes, written as a Part 10 file without decoding.
         uid = str(event.request.AffectedSOPInstanceUID)
+        if self.delay:
+            time.sleep(self.delay)
+        status = self.status_for(uid) if self.status_for else 0x0000
+        with self._lock:
+            self.arrivals.append(uid)
+        if status >= 0xA000 and not 0xB000 <= status <= 0xBFFF:
+            return status  # a failure: the instance is not stored
         (self.folder / f"{uid}.dcm").write_bytes(event.encoded_dataset(include_meta=True))
         with self._lock:
             self.received[uid] = str(event.context.transfer_syntax)
-        return 0x0000
+        return status

@@ -67,7 +67,7 @@ def migrate_batch(context: RunContext, batch_id: int) -> BatchResult:
             .join(StorageRoot, StorageRoot.id == Instance.root_id)
             .where(Instance.batch_id == batch_id, Instance.outcome.is_(None))
             .order_by(Instance.study_uid, Instance.series_uid, Instance.rel_path)
-        ).tuples().all()
+        ).all()
         LOGGER.info("batch %d: %d instance(s) to migrate", batch_id, len(rows))
         decisions = decide(context, session, rows)
         by_target: dict[str, list[Decision]] = {}

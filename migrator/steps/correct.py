@@ -8,7 +8,7 @@ dataset is switched to UTF-8 (ISO_IR 192), recorded as a change of its own.
 
 from __future__ import annotations
 
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 
@@ -36,8 +36,10 @@ def _current(ds: Dataset, keyword: str) -> str | None:
 def _encodable(ds: Dataset, values: list[str]) -> bool:
     charset = ds.get("SpecificCharacterSet", "ISO_IR 6")
     encodings = convert_encodings(charset)
-    if len(encodings) > 1:
-        # ISO 2022 code extensions: keep them only for plain ASCII values.
+    if len(encodings) > 1 or encodings[0] == default_encoding:
+        # Keep ISO 2022 code extensions and the default repertoire only for
+        # ASCII values. pydicom maps the default repertoire (ASCII) to Python's
+        # "iso8859" codec, which is Latin-1 and so would accept "Ü".
         return all(value.isascii() for value in values)
     try:
         for value in values:

@@ -57,7 +57,7 @@ def planned_batches(session: Session) -> list[tuple[int, int]]:
     """Return (batch id, instance count) in stripe order, the roots interleaved."""
     rows = session.execute(select(Batch.id, Batch.instance_count)
                            .where(Batch.status == BatchStatus.PLANNED.value)
-                           .order_by(Batch.seq, Batch.root_id)).tuples().all()
+                           .order_by(Batch.seq, Batch.root_id)).all()
     return list(rows)
 
 

@@ -34,7 +34,7 @@ def plan(settings: Settings, sessions: sessionmaker[Session], mode: Mode | None 
     walked = index_roots(settings, sessions, on_progress)
     limits = Limits(settings.batches.max_instances, int(settings.batches.max_megabytes * 1024 * 1024))
     with sessions() as session:
-        root_ids = dict(session.execute(select(StorageRoot.name, StorageRoot.id)).tuples().all())
+        root_ids = dict(session.execute(select(StorageRoot.name, StorageRoot.id)).all())
     for root in settings.roots:
         cut_batches(sessions, root_ids[root.name], mode, limits)
     with sessions() as session:

@@ -1,0 +1,120 @@
+"""Planning: the index, resumability, and stripe and folder batches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from sqlalchemy import select
+
+from migrator.state.models import Batch, Instance
+from scheduler.plan.run import plan
+from tests.support import Migration, prepare_migration
+
+ENDPOINTS = {"main": ("MAIN", 11112), "nonpixel": ("NP", 11113), "sinbin": ("SB", 11114)}
+
+
+def _instances(migration: Migration) -> list[Instance]:
+    with migration.sessions() as session:
+        return list(session.scalars(select(Instance).order_by(Instance.id)))
+
+
+def _batches(migration: Migration) -> list[Batch]:
+    with migration.sessions() as session:
+        return list(session.scalars(select(Batch).order_by(Batch.root_id, Batch.seq)))
+
+
+def test_plan_indexes_every_file(tmp_path: Path, state_url: str) -> None:
+    """Each file gets one row with its header fields, unreadable ones with the error."""
+    migration = prepare_migration(tmp_path, state_url, ENDPOINTS)
+    summaries = plan(migration.settings, migration.sessions)
+    rows = {(i.root_id, i.rel_path): i for i in _instances(migration)}
+    assert len(rows) == len(migration.archive.expected)
+    assert sum(s.files for s in summaries) == len(migration.archive.expected)
+    assert sum(s.unreadable for s in summaries) == len(migration.expected("unreadable"))
+    by_path = {i.rel_path: i for i in _instances(migration)}
+    for expected in migration.archive.expected:
+        row = by_path[expected.rel_path]
+        if expected.destination == "unreadable":
+            assert row.parse_error
+            assert row.outcome == "unreadable"
+        else:
+            assert row.transfer_syntax == expected.transfer_syntax
+            assert row.parse_error is None
+
+
+def test_plan_again_adds_only_new_or_changed(tmp_path: Path, state_url: str) -> None:
+    """A second run inserts nothing twice; a new file and a changed file are picked up."""
+    migration = prepare_migration(tmp_path, state_url, ENDPOINTS)
+    plan(migration.settings, migration.sessions)
+    first = {i.id: i.rel_path for i in _instances(migration)}
+
+    again = plan(migration.settings, migration.sessions)
+    assert sum(s.new for s in again) == 0
+    assert sum(s.changed for s in again) == 0
+    assert {i.id: i.rel_path for i in _instances(migration)} == first
+
+    sample = migration.expected("main")[0]
+    root = migration.archive.roots[sample.root]
+    shutil.copy(root / sample.rel_path, root / "late-arrival.dcm")
+    changed = migration.expected("main")[1]
+    changed_path = migration.archive.roots[changed.root] / changed.rel_path
+    os.utime(changed_path, ns=(1_000_000_000, 1_000_000_000))
+    third = plan(migration.settings, migration.sessions)
+    assert sum(s.new for s in third) == 1
+    assert sum(s.changed for s in third) == 1
+    assert len(_instances(migration)) == len(first) + 1
+
+
+def test_stripe_batches_keep_studies_together(tmp_path: Path, sqlite_url: str) -> None:
+    """A study striped over folders lands in one batch, or consecutive ones if too large."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    settings = migration.settings.model_copy(
+        update={"batches": migration.settings.batches.model_copy(update={"max_instances": 4})})
+    plan(settings, migration.sessions, "stripe")
+    batches = {b.id: b for b in _batches(migration)}
+    seqs_by_study: dict[tuple[int, str], set[int]] = defaultdict(set)
+    folders_by_study: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for row in _instances(migration):
+        if row.batch_id is None:
+            continue
+        key = (row.root_id, row.study_uid or "")
+        seqs_by_study[key].add(batches[row.batch_id].seq)
+        folders_by_study[key].add(row.folder)
+    assert all(b.instance_count <= 4 for b in batches.values())
+    assert any(len(folders) >= 3 for folders in folders_by_study.values())
+    for key, seqs in seqs_by_study.items():
+        assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)), key
+    # A batch with room left holds whole studies only.
+    studies_per_batch: dict[int, set[str]] = defaultdict(set)
+    for row in _instances(migration):
+        if row.batch_id is not None:
+            studies_per_batch[row.batch_id].add(row.study_uid or "")
+    split = {key[1] for key, seqs in seqs_by_study.items() if len(seqs) > 1}
+    for batch_id, studies in studies_per_batch.items():
+        assert len(studies) == 1 or not studies & split or batches[batch_id].instance_count == 4
+
+
+def test_folder_batches_follow_folders(tmp_path: Path, sqlite_url: str) -> None:
+    """In folder mode no folder is split unless it exceeds a batch, and order follows folders."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    plan(migration.settings, migration.sessions, "folder")
+    batches = {b.id: b for b in _batches(migration)}
+    assert all(b.mode == "folder" for b in batches.values())
+    batches_of_folder: dict[tuple[int, str], set[int]] = defaultdict(set)
+    for row in _instances(migration):
+        if row.batch_id is not None:
+            batches_of_folder[(row.root_id, row.folder)].add(row.batch_id)
+    assert all(len(ids) == 1 for ids in batches_of_folder.values())
+
+
+def test_unreadable_files_get_no_batch(tmp_path: Path, sqlite_url: str) -> None:
+    """Unreadable files stay out of batches with outcome 'unreadable'."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    plan(migration.settings, migration.sessions)
+    unreadable = [i for i in _instances(migration) if i.parse_error]
+    assert len(unreadable) == len(migration.expected("unreadable"))
+    assert all(i.batch_id is None for i in unreadable)
+    assert all(i.outcome == "unreadable" for i in unreadable)
