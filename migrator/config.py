@@ -39,7 +39,7 @@ class Frozen(BaseModel):
 
 
 class ReconcileOutcome(str, enum.Enum):
-    """How an instance's header compares with the legacy database."""
+    """The result of comparing an instance with the legacy database."""
 
     #: A row was found and points at this file (or the query has no path).
     MATCHED = "matched"
@@ -178,7 +178,7 @@ class RoutingConfig(Frozen):
 
 
 class BatchConfig(Frozen):
-    """How the index is cut into batches."""
+    """Batch limits and the batching mode."""
 
     max_instances: int = Field(default=500, ge=1)
     max_megabytes: float = Field(default=1024, gt=0)

@@ -11,7 +11,7 @@ from migrator.errors import ConfigError
 
 @dataclass(frozen=True)
 class RouteFacts:
-    """What the rules look at for one instance."""
+    """The facts of one instance that routing rules test."""
 
     sop_class_uid: str
     transfer_syntax: str

@@ -28,13 +28,13 @@ class StorageSCP:
     Parameters
     ----------
     ae_title
-        The called AE title it answers to.
+        Its own (called) AE title.
     folder
         Where received instances are written.
     allowed_callers
         Calling AE titles it accepts; others are rejected.
     status_for
-        Returns the C-STORE status to answer for a SOP Instance UID; tests
+        Returns the C-STORE status to send for a SOP Instance UID; tests
         use it to play a destination that warns or fails. Default: success.
     delay
         Seconds to wait before each response, to play a slow destination.

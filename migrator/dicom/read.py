@@ -27,12 +27,12 @@ REQUIRED = {
 
 
 class UnreadableFile(Exception):
-    """The file cannot be used as a DICOM instance; the message says why."""
+    """The file cannot be used as a DICOM instance. The message gives the reason."""
 
 
 @dataclass(frozen=True)
 class Header:
-    """What the index records of one file."""
+    """The index fields of one file."""
 
     transfer_syntax: str
     sop_class_uid: str

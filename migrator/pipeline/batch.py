@@ -26,7 +26,7 @@ LEASE = timedelta(hours=1)
 @dataclass
 class BatchResult:
     batch_id: int
-    #: False when another worker holds the batch or it is already done.
+    #: False when the batch is leased to another worker or already done.
     claimed: bool
     outcomes: Counter[str] = field(default_factory=Counter)
 

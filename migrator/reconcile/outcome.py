@@ -11,7 +11,7 @@ from migrator.reconcile.legacy import LegacyRow, legacy_values
 
 @dataclass(frozen=True)
 class IndexedFile:
-    """What reconciliation needs to know of one indexed file."""
+    """The fields of one indexed file that reconciliation uses."""
 
     id: int
     root: str
@@ -22,7 +22,7 @@ class IndexedFile:
 @dataclass(frozen=True)
 class Reconciliation:
     outcome: ReconcileOutcome
-    #: Keyword -> value the legacy database holds (non-empty values only).
+    #: Keyword -> value in the legacy database (non-empty values only).
     values: dict[str, str] = field(default_factory=dict)
     #: Why the file is not the one the database references, if so.
     detail: str | None = None

@@ -31,11 +31,11 @@ class Outcome(str, enum.Enum):
     """The one final outcome recorded for each instance."""
 
     SENT = "sent"
-    #: The destination answered with a warning status (0xB000, 0xB006, 0xB007).
+    #: The destination returned a warning status (0xB000, 0xB006, 0xB007).
     SENT_WITH_WARNING = "sent_with_warning"
     #: Stored in the sin bin archive for review, with a reason.
     SINBINNED = "sinbinned"
-    #: Not stored anywhere; the reason says why. Eligible for a retry.
+    #: Not stored anywhere, for the recorded reason. ``start --retry-failed`` tries again.
     FAILED = "failed"
     #: Deliberately not sent by a routing rule.
     SKIPPED = "skipped"
@@ -113,7 +113,7 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PLANNED.value)
     instance_count: Mapped[int] = mapped_column(Integer)
     byte_count: Mapped[int] = mapped_column(BigInteger)
-    #: Who holds the batch while it runs, and until when.
+    #: The worker that leased the batch, and when the lease expires.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)

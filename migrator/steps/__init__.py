@@ -27,7 +27,7 @@ class Change:
 
 @dataclass
 class StepContext:
-    """What a step may use besides the dataset."""
+    """Inputs a step may use besides the dataset."""
 
     instance_id: int
     #: Keyword -> value from the legacy database, for the correction step.

@@ -64,7 +64,7 @@ def test_transfer_syntax_and_pixel_data_kept(migrated) -> None:
 
 
 def test_headers_corrected_from_legacy_database(migrated) -> None:
-    """Orthanc holds the legacy database's values, non-ASCII names included."""
+    """Orthanc stores the legacy database's values, non-ASCII names included."""
     migration, pacs, _ = migrated
     corrected = [e for e in migration.expected("main") + migration.expected("nonpixel") if e.corrections]
     assert any(not value.isascii() for e in corrected for value in e.corrections.values())

@@ -11,7 +11,7 @@ from scheduler.dispatch.embedded import run_embedded
 from scheduler.plan.run import plan
 from tests.support import CALLING_AE, prepare_migration
 
-#: Statuses the destination answers for chosen instances (PS3.4 B.2.3).
+#: Statuses the destination returns for chosen instances (PS3.4 B.2.3).
 STATUSES = {
     "warning coercion": (0xB000, "sent_with_warning"),
     "warning element discarded": (0xB006, "sent_with_warning"),
@@ -24,7 +24,7 @@ STATUSES = {
 
 @pytest.fixture
 def migrated(tmp_path: Path, sqlite_url: str):
-    """Migrate the demo archive to a main SCP that answers the statuses above."""
+    """Migrate the demo archive to a main SCP that returns the statuses above."""
     scps: dict[str, StorageSCP] = {}
     status_by_uid: dict[str, int] = {}
     scps["main"] = StorageSCP("MAIN", tmp_path / "main", [CALLING_AE],

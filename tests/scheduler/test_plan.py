@@ -87,7 +87,7 @@ def test_stripe_batches_keep_studies_together(tmp_path: Path, sqlite_url: str) -
     assert any(len(folders) >= 3 for folders in folders_by_study.values())
     for key, seqs in seqs_by_study.items():
         assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)), key
-    # A batch with room left holds whole studies only.
+    # A batch with room left contains whole studies only.
     studies_per_batch: dict[int, set[str]] = defaultdict(set)
     for row in _instances(migration):
         if row.batch_id is not None:
