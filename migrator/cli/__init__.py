@@ -15,7 +15,9 @@ from migrator.errors import MigratorError
 
 app = typer.Typer(help="Migrate a legacy PACS archive into a new PACS over DICOM.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+#: Logs, progress bars and errors go to stderr; tables and results to stdout.
 console = Console(stderr=True)
+out = Console()
 
 ConfigOption = Annotated[Path, typer.Option(
     "--config", "-c", envvar="MIGRATOR_CONFIG",

@@ -33,15 +33,15 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
             problems += 1
             console.print(f"  [red]failed[/red] {what}: {exc}", highlight=False)
 
-    state_url = settings.state.sqlalchemy_url(settings.base_dir)
-    report(f"state database {state_url.render_as_string(hide_password=True)}",
-           lambda: open_state(state_url))
+    report(f"state database {settings.state.url}",
+           lambda: open_state(settings.state.sqlalchemy_url(settings.base_dir)))
 
     def legacy_check() -> None:
         legacy = LegacyDatabase(settings.legacy, settings.base_dir)
         with legacy.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-        legacy.fetch(["1.2.3.4.5.6.7.8.9"])  # runs the query once with one UID
+        # Two UIDs, because "IN (:uids)" works with one and fails with more.
+        legacy.fetch(["1.2.3.4.5.6.7.8.9", "1.2.3.4.5.6.7.8.10"])
 
     report("legacy database and reconciliation query", legacy_check)
     for root in settings.roots:

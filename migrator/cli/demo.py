@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from migrator.cli import app, console, fail
+from migrator.cli import app, console, fail, out
 from migrator.cli.plan import print_summary
 from migrator.demo.run import run_demo
 from migrator.errors import MigratorError
@@ -31,7 +31,7 @@ def demo_command(
         table.add_column(column)
     for (expected, outcome), count in sorted(result.table.items()):
         table.add_row(expected, outcome, str(count))
-    console.print(table)
+    out.print(table)
     for problem in result.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
     if result.problems:

@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load, out
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from scheduler.plan.run import RootPlanSummary, plan
@@ -46,7 +46,7 @@ def print_summary(summaries: list[RootPlanSummary]) -> None:
     for s in summaries:
         table.add_row(s.root, str(s.files), f"{s.bytes / 1e9:.2f}", str(s.studies), str(s.batches),
                       str(s.unreadable), str(s.new), str(s.changed))
-    console.print(table)
+    out.print(table)
     for s in summaries:
         for error in s.folder_errors:
             console.print(f"[yellow]warning:[/yellow] {error}", highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load, out
 from migrator.context import RunContext
 from migrator.errors import MigratorError
 from migrator.sinbin import list_items, release
@@ -29,13 +29,15 @@ def list_command(config: ConfigOption = DEFAULT_CONFIG, reason: Reason = None, r
     context = RunContext.open(settings)
     with context.sessions() as session:
         rows = list_items(session, reason, root, study, include_released=released)
-    table = Table(title=f"Sin bin: {len(rows)} item(s)")
+    table = Table(title=f"Sin bin: {len(rows)} item(s)",
+                  caption="where: 'archive' = a copy is in the sin bin archive; "
+                          "'on disk' = unreadable, left where it was found")
     for column in ("item", "root", "path", "reason", "where", "released to"):
         table.add_column(column)
     for row in rows:
         table.add_row(str(row.item.id), row.root, row.instance.rel_path, row.item.reason,
                       "archive" if row.item.archived else "on disk", row.item.released_to or "")
-    console.print(table)
+    out.print(table)
 
 
 @sinbin_app.command("release")
@@ -60,6 +62,7 @@ def release_command(
         console.print(f"item {item_id}: {result}", highlight=False)
         failed += result not in ("sent", "sent_with_warning")
     if not results:
-        console.print("no unreleased sin bin item matches")
+        console.print("no unreleased sin bin item matches; see 'migrator sinbin list'")
+        raise typer.Exit(1)
     if failed:
         raise typer.Exit(1)

@@ -12,6 +12,7 @@ from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from migrator.state.models import Batch, BatchStatus
+from migrator.status import read_status
 from scheduler.dispatch.embedded import run_embedded
 
 
@@ -38,7 +39,16 @@ def start_command(
         raise typer.Exit(130) from None
     except MigratorError as exc:
         raise fail(exc) from None
+    with sessions() as session:
+        status = read_status(session).totals()
     if not totals:
-        console.print("nothing to migrate: no planned batches (run 'migrator plan' first?)")
-        return
-    console.print("outcomes of the batches run: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+        console.print("nothing to migrate: no planned batch left. Run 'migrator plan' for new files"
+                      + (f", or 'migrator start --retry-failed' for the {status['failed']} failed "
+                         "instance(s)" if status.get("failed") else ""))
+    else:
+        console.print("outcomes of the batches run: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    if status.get("failed"):
+        console.print(f"{status['failed']} instance(s) failed; 'migrator status' counts them and "
+                      "'migrator start --retry-failed' tries them again")
+        raise typer.Exit(1)

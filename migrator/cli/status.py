@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load, out
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from migrator.state.models import Outcome
@@ -31,6 +31,6 @@ def status_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
         table.add_row(root, *(str(counts.get(column, 0)) for column in COLUMNS))
     totals = status.totals()
     table.add_row("all", *(str(totals.get(column, 0)) for column in COLUMNS), style="bold")
-    console.print(table)
+    out.print(table)
     rate = "n/a" if status.images_per_hour is None else f"{status.images_per_hour:,.0f}"
     console.print(f"images/hour (first to last delivery): {rate}")

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, load
+from migrator.cli import out as stdout
 from migrator.state.db import open_state
 from migrator.trace import Trace, find_traces
 
@@ -30,7 +31,7 @@ def trace_command(
 
 def print_trace(trace: Trace) -> None:
     i = trace.instance
-    out = console.print
+    out = stdout.print
     out(f"[bold]{trace.root.name}/{i.rel_path}[/bold] (instance {i.id})", highlight=False)
     out(f"  found      {trace.root.path}/{i.rel_path}, {i.size} bytes, indexed {i.indexed_at:%Y-%m-%d %H:%M:%S}",
         highlight=False)
@@ -45,7 +46,12 @@ def print_trace(trace: Trace) -> None:
         out(f"  batch      {trace.batch.id} ({trace.batch.mode}, #{trace.batch.seq} of its root, "
             f"{trace.batch.status})", highlight=False)
     for entry in trace.audit:
-        status = "no response" if entry.dimse_status is None else f"0x{entry.dimse_status:04X}"
+        if entry.destination is None:
+            status = "not sent"
+        elif entry.dimse_status is None:
+            status = "no response"
+        else:
+            status = f"0x{entry.dimse_status:04X}"
         out(f"  {entry.finished_at:%Y-%m-%d %H:%M:%S} {entry.outcome}"
             f" to {entry.destination or '-'} (rule: {entry.route_rule or '-'}, "
             f"reconciliation: {entry.reconciliation or '-'}, DIMSE status: {status}) on {entry.host}",

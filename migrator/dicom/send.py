@@ -91,9 +91,9 @@ class StoreSession:
             if assoc.is_rejected:
                 why = "rejected the association"
             elif assoc.is_aborted:
-                why = "aborted the association request"
+                why = "aborted the association request or refused the connection"
             else:
-                why = "could not be reached"
+                why = "could not be reached (connection refused or timed out)"
             raise DestinationError(
                 f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) {why}; "
                 "check its AE title, host, port and that it accepts our calling AE title"
@@ -161,8 +161,9 @@ def echo(calling_ae: str, name: str, destination: DestinationConfig) -> None:
                          evt_handlers=NODELAY_HANDLERS)
     if not assoc.is_established:
         raise DestinationError(
-            f"destination {name} ({destination.ae_title}@{destination.host}:{destination.port}) "
-            "did not accept an association for C-ECHO"
+            f"no association for C-ECHO: {destination.ae_title}@{destination.host}:"
+            f"{destination.port} is not running there, refused the connection, or rejected "
+            "our calling AE title"
         )
     try:
         response = assoc.send_c_echo()
