@@ -109,6 +109,9 @@ class LegacyConfig(DatabaseConfig):
     chunk_size: int = Field(default=1000, ge=1, le=1000)
     #: Compare legacy paths without regard to case (Windows file servers).
     paths_case_insensitive: bool = True
+    #: Start even when the query finds none of a sample of indexed UIDs,
+    #: which otherwise means a wrong database or query and stops the run.
+    allow_no_matches: bool = False
 
     @field_validator("query")
     @classmethod

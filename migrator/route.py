@@ -19,6 +19,8 @@ class RouteFacts:
     modality: str | None
     reconciliation: ReconcileOutcome
     excluded_study: bool
+    #: The Study Instance UID that put the instance on the exclusion list.
+    excluded_study_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Route:
     #: A destination name, "sinbin" or "skip".
     to: str
     reason: str | None
+    #: What made the rule apply to this instance, for the sin bin reason.
+    detail: str | None = None
 
 
 def _matches(rule: RouteRule, facts: RouteFacts, settings: Settings) -> bool:
@@ -64,8 +68,14 @@ class Router:
             destination = self.settings.destinations.get(rule.to)
             accepted = destination.accepted_sop_classes if destination else []
             if accepted and facts.sop_class_uid not in accepted:
-                return Route(f"{rule.name} (not accepted by {rule.to})", SINBIN, "unsupported_sop_class")
-            return Route(rule.name, rule.to, rule.reason)
+                return Route(f"{rule.name} (not accepted by {rule.to})", SINBIN, "unsupported_sop_class",
+                             f"{rule.to} does not accept SOP class {facts.sop_class_uid}")
+            detail = None
+            if rule.excluded_study and facts.excluded_study_uid:
+                detail = f"study {facts.excluded_study_uid} is on the exclusion list"
+            elif rule.not_accepted_by:
+                detail = f"{rule.not_accepted_by} does not accept SOP class {facts.sop_class_uid}"
+            return Route(rule.name, rule.to, rule.reason, detail)
         return Route("(none)", SINBIN, "no_matching_rule")
 
 

@@ -37,15 +37,20 @@ def plan_command(
     except MigratorError as exc:
         raise fail(exc) from None
     print_summary(summaries)
+    errors = sum(len(s.folder_errors) for s in summaries)
+    if errors:
+        console.print(f"{errors} folder(s) could not be read and their files are not indexed; "
+                      "fix access or mounts and run 'migrator plan' again")
+        raise typer.Exit(1)
 
 
 def print_summary(summaries: list[RootPlanSummary]) -> None:
     table = Table(title="Plan")
-    for column in ("root", "files", "GB", "studies", "batches", "unreadable", "new", "changed"):
+    for column in ("root", "files", "GB", "studies", "batches", "unreadable", "new", "changed", "gone"):
         table.add_column(column, justify="left" if column == "root" else "right")
     for s in summaries:
         table.add_row(s.root, str(s.files), f"{s.bytes / 1e9:.2f}", str(s.studies), str(s.batches),
-                      str(s.unreadable), str(s.new), str(s.changed))
+                      str(s.unreadable), str(s.new), str(s.changed), str(s.gone))
     out.print(table)
     for s in summaries:
         for error in s.folder_errors:

@@ -6,12 +6,10 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import func, select
 
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
-from migrator.state.models import Batch, BatchStatus
 from migrator.status import read_status
 from scheduler.dispatch.embedded import run_embedded
 
@@ -26,14 +24,12 @@ def start_command(
     settings = load(config)
     try:
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
-        with sessions() as session:
-            total = session.scalar(select(func.coalesce(func.sum(Batch.instance_count), 0))
-                                   .where(Batch.status != BatchStatus.DONE.value)) or 0
         with Progress(TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as progress:
-            task = progress.add_task("batches", total=total)
+            task = progress.add_task("instances", total=None)
             totals = run_embedded(settings, sessions, retry_failed,
-                                  lambda result, size: progress.advance(task, size))
+                                  on_batch=lambda result, size: progress.advance(task, size),
+                                  on_start=lambda total: progress.update(task, total=total))
     except KeyboardInterrupt:
         console.print("interrupted; run 'migrator start' again to resume")
         raise typer.Exit(130) from None
@@ -46,7 +42,7 @@ def start_command(
                       + (f", or 'migrator start --retry-failed' for the {status['failed']} failed "
                          "instance(s)" if status.get("failed") else ""))
     else:
-        console.print("outcomes of the batches run: "
+        console.print("outcomes of this run: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     if status.get("failed"):
         console.print(f"{status['failed']} instance(s) failed; 'migrator status' counts them and "

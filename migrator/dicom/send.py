@@ -9,6 +9,7 @@ travels in its stored transfer syntax and nothing is decompressed
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,6 +27,10 @@ LOGGER = logging.getLogger(__name__)
 
 #: PS3.8 9.3.2.2 allows at most 128 presentation contexts per association.
 MAX_CONTEXTS = 128
+#: C-STOREs in a row without a response before the rest of a batch's
+#: instances for that destination fail at once instead of each waiting
+#: for the DIMSE timeout.
+MAX_SILENT_STORES = 3
 
 ContextKey = tuple[str, str]
 
@@ -66,6 +71,7 @@ class StoreSession:
         self._ae.dimse_timeout = destination.dimse_timeout
         self._ae.network_timeout = destination.dimse_timeout
         self._assoc: Association | None = None
+        self._silent = 0
 
     def __enter__(self) -> StoreSession:
         self._associate()
@@ -117,6 +123,10 @@ class StoreSession:
         DestinationError
             The association dropped and a new one could not be opened.
         """
+        if self._silent >= MAX_SILENT_STORES:
+            raise DestinationError(
+                f"destination {self.name} sent no response to {self._silent} C-STORE requests in a "
+                "row; the rest of its instances in this batch were not sent")
         if self._assoc is None or not self._assoc.is_established:
             LOGGER.warning("association with %s was lost; opening a new one", self.name)
             self._associate()
@@ -125,15 +135,23 @@ class StoreSession:
                                f"destination {self.name} did not accept the presentation context "
                                f"{sop_class} with transfer syntax {syntax}")
         assert self._assoc is not None
+        started = time.monotonic()
         try:
             response = self._assoc.send_c_store(ds)
         except (ValueError, AttributeError) as exc:
             return StoreResult("failure", None, f"cannot encode the data set: {exc}")
         status = response.get("Status")
         if status is None:
-            why = "aborted" if self._assoc.is_aborted else "timed out or sent an invalid response"
+            self._silent += 1
+            if time.monotonic() - started >= self.destination.dimse_timeout:
+                why = f"timed out after {self.destination.dimse_timeout:g} s (dimse_timeout)"
+            elif self._assoc.is_aborted:
+                why = "the association was aborted"
+            else:
+                why = "the response was invalid"
             self._assoc.abort()
-            return StoreResult("failure", None, f"no C-STORE response: the association {why}")
+            return StoreResult("failure", None, f"no C-STORE response from {self.name}: {why}")
+        self._silent = 0
         status = int(status)
         category = code_to_category(status)
         if category == "Success":

@@ -63,13 +63,15 @@ def decide(context: RunContext, session: Session, rows: Sequence[tuple[Instance,
             result = reconcile(indexed, legacy_rows.get(uid), same_uid.get(uid, [indexed]),
                                settings.legacy.path_column, context.mapper)
             new_study = result.values.get("StudyInstanceUID")
+            excluded = [uid for uid in (instance.study_uid, new_study) if uid in context.excluded_studies]
             facts = RouteFacts(
                 sop_class_uid=instance.sop_class_uid or "",
                 transfer_syntax=instance.transfer_syntax or "",
                 has_pixel_data=bool(instance.has_pixel_data),
                 modality=instance.modality,
                 reconciliation=result.outcome,
-                excluded_study=bool({instance.study_uid, new_study} & context.excluded_studies),
+                excluded_study=bool(excluded),
+                excluded_study_uid=excluded[0] if excluded else None,
             )
             decisions.append(Decision(
                 instance=instance,

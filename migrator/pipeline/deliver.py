@@ -14,6 +14,7 @@ from migrator.dicom.read import UnreadableFile, read_instance, transfer_syntax_o
 from migrator.dicom.send import MAX_CONTEXTS, StoreResult, StoreSession
 from migrator.errors import DestinationError
 from migrator.pipeline.decide import Decision
+from migrator.pipeline.lease import Lease
 from migrator.state.models import Outcome
 from migrator.steps import StepContext, run_steps
 
@@ -34,11 +35,17 @@ def _context_groups(decisions: Sequence[Decision]) -> list[list[Decision]]:
     return groups
 
 
-def deliver(context: RunContext, session: Session, batch_id: int, destination: str,
+def deliver(context: RunContext, session: Session, lease: Lease, destination: str,
             decisions: Sequence[Decision]) -> None:
-    """Send ``decisions`` to ``destination`` (a name or the sin bin), recording each outcome."""
+    """Send ``decisions`` to ``destination`` (a name or the sin bin), recording each outcome.
+
+    Raises
+    ------
+    LeaseLost
+        Another worker took the batch over; nothing more is sent.
+    """
     for group in _context_groups(decisions):
-        _deliver_group(context, session, batch_id, destination, group)
+        _deliver_group(context, session, lease, destination, group)
 
 
 def _record(decision: Decision, batch_id: int, outcome: Outcome, **fields: object) -> audit.Record:
@@ -49,9 +56,10 @@ def _record(decision: Decision, batch_id: int, outcome: Outcome, **fields: objec
     )
 
 
-def _deliver_group(context: RunContext, session: Session, batch_id: int, destination: str,
+def _deliver_group(context: RunContext, session: Session, lease: Lease, destination: str,
                    decisions: Sequence[Decision]) -> None:
     settings = context.settings
+    batch_id = lease.batch_id
     to_sinbin = destination == SINBIN
     config = settings.sinbin if to_sinbin else settings.destinations[destination]
     pairs = {(d.instance.sop_class_uid or "", d.instance.transfer_syntax or "") for d in decisions}
@@ -59,6 +67,7 @@ def _deliver_group(context: RunContext, session: Session, batch_id: int, destina
     try:
         with StoreSession(settings.run.ae_title, destination, config, pairs) as store:
             for decision in decisions:
+                lease.renew(session)
                 _store_one(context, session, store, batch_id, destination, decision)
                 done += 1
     except DestinationError as exc:
@@ -98,8 +107,9 @@ def _store_one(context: RunContext, session: Session, store: StoreSession, batch
 
 def _classify(result: StoreResult, to_sinbin: bool, decision: Decision) -> tuple[Outcome, str | None]:
     held_back = decision.route.reason
-    if decision.reconciliation.detail and to_sinbin:
-        held_back = f"{held_back}: {decision.reconciliation.detail}"
+    details = [d for d in (decision.route.detail, decision.reconciliation.detail) if d]
+    if details and to_sinbin:
+        held_back = f"{held_back}: {'; '.join(details)}"
     if result.category == "failure":
         if to_sinbin:
             return Outcome.FAILED, f"sin bin store failed ({result.detail}); held back as {held_back}"

@@ -33,7 +33,14 @@ class LegacyDatabase:
     def __init__(self, config: LegacyConfig, base_dir: Path | None = None,
                  engine: Engine | None = None) -> None:
         self.config = config
-        self.engine = engine or create_engine(config.sqlalchemy_url(base_dir), pool_pre_ping=True)
+        url = config.sqlalchemy_url(base_dir)
+        if engine is None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            # SQLite would create an empty file and fail later with "no such table".
+            if not Path(url.database).is_file():
+                raise LegacyDatabaseError(
+                    f"legacy database file not found: {url.database}; check legacy.url")
+        # hide_parameters keeps a failed query's UID list out of the error message.
+        self.engine = engine or create_engine(url, pool_pre_ping=True, hide_parameters=True)
         self._query = text(config.query).bindparams(bindparam("uids", expanding=True))
         self._checked_columns = False
 

@@ -1,32 +1,56 @@
 """The embedded mode: planned batches on a local process pool, no broker.
 
 Each pool process opens its own databases once and runs the same
-``migrate_batch`` that the Celery workers run.
+``migrate_batch`` that the Celery workers run. Batches are claimed through
+leases in the state database, so two overlapping runs share the work
+instead of doing it twice.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator import audit
 from migrator.config import Settings
 from migrator.context import RunContext
+from migrator.errors import MigratorError
 from migrator.pipeline import BatchResult, migrate_batch
 from migrator.state.models import Batch, BatchStatus, Instance, Outcome
+from scheduler.dispatch.preflight import check_legacy_matches
 
 LOGGER = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 _CONTEXT: RunContext | None = None
 
 
-def _init_process(settings: Settings) -> None:
+def _die_with_parent() -> None:
+    # A pool process left running after `migrator start` was killed would
+    # keep sending while a new run starts; Linux can kill it with its parent.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        LOGGER.debug("prctl(PR_SET_PDEATHSIG) is not available on this system")
+
+
+def _init_process(settings: Settings, parent: int) -> None:
     global _CONTEXT
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before prctl took effect
     _CONTEXT = RunContext.open(settings)
 
 
@@ -35,44 +59,105 @@ def _run_batch(batch_id: int) -> BatchResult:
     return migrate_batch(_CONTEXT, batch_id)
 
 
-def prepare(session: Session, retry_failed: bool) -> None:
+def _owner_is_gone(owner: str | None) -> bool:
+    """Tell whether a lease owner ("host:pid") is a process of this host that no longer runs."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != audit.HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    # A killed process whose parent died too stays a zombie where nothing
+    # reaps orphans (a container without an init process); it runs no code.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def prepare(session: Session, retry_failed: bool) -> int:
     """Return interrupted batches to the plan and, if asked, failed instances too.
 
-    Only one embedded run uses a state database at a time, so a batch still
-    marked running was interrupted (Ctrl-C, a kill, a crash).
+    A running batch goes back to the plan when its lease expired or its
+    owner was a process of this host that no longer runs (Ctrl-C, a kill,
+    a crash). Returns how many running batches other live processes hold.
     """
-    session.execute(update(Batch).where(Batch.status == BatchStatus.RUNNING.value)
-                    .values(status=BatchStatus.PLANNED.value, lease_owner=None, lease_expires=None))
+    now = audit.now()
+    held = 0
+    for batch_id, owner, expires in session.execute(
+            select(Batch.id, Batch.lease_owner, Batch.lease_expires)
+            .where(Batch.status == BatchStatus.RUNNING.value)):
+        if _owner_is_gone(owner) or (expires is not None and _aware(expires) < now):
+            session.execute(update(Batch).where(Batch.id == batch_id, Batch.lease_owner == owner)
+                            .values(status=BatchStatus.PLANNED.value, lease_owner=None,
+                                    lease_expires=None))
+        else:
+            held += 1
     if retry_failed:
         failed_batches = select(Instance.batch_id).where(Instance.outcome == Outcome.FAILED.value)
-        session.execute(update(Batch).where(Batch.id.in_(failed_batches))
+        session.execute(update(Batch).where(Batch.id.in_(failed_batches),
+                                            Batch.status == BatchStatus.DONE.value)
                         .values(status=BatchStatus.PLANNED.value))
         session.execute(update(Instance).where(Instance.outcome == Outcome.FAILED.value,
                                                Instance.batch_id.is_not(None))
                         .values(outcome=None))
     session.commit()
+    return held
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes for timezone-aware columns; they are UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def planned_batches(session: Session) -> list[tuple[int, int]]:
-    """Return (batch id, instance count) in stripe order, the roots interleaved."""
-    rows = session.execute(select(Batch.id, Batch.instance_count)
+    """Return (batch id, instances without outcome) in stripe order, the roots interleaved."""
+    pending = (select(func.count(Instance.id)).where(Instance.batch_id == Batch.id,
+                                                     Instance.outcome.is_(None))
+               .correlate(Batch).scalar_subquery())
+    rows = session.execute(select(Batch.id, pending)
                            .where(Batch.status == BatchStatus.PLANNED.value)
                            .order_by(Batch.seq, Batch.root_id)).all()
-    return list(rows)
+    return [(batch_id, count) for batch_id, count in rows]
 
 
 def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_failed: bool = False,
-                 on_batch: Callable[[BatchResult, int], None] | None = None) -> Counter[str]:
+                 on_batch: Callable[[BatchResult, int], None] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> Counter[str]:
     """Migrate every planned batch; return the outcome counts of this run.
 
     Parameters
     ----------
     on_batch
-        Called after each batch with its result and its planned instance count.
+        Called after each batch with its result and its pending instance count.
+    on_start
+        Called once with the number of instances this run will migrate.
+
+    Raises
+    ------
+    MigratorError
+        The configuration or a database cannot be used, or a pool process died.
     """
+    # Opening the context here fails once with a clear message, not in every process.
+    context = RunContext.open(settings)
     with sessions() as session:
-        prepare(session, retry_failed)
+        held = prepare(session, retry_failed)
+        check_legacy_matches(context, session)
         batches = planned_batches(session)
+    if held:
+        LOGGER.warning("%d batch(es) are leased to other running processes and are left to them", held)
+    if on_start:
+        on_start(sum(count for _, count in batches))
     totals: Counter[str] = Counter()
     if not batches:
         return totals
@@ -80,7 +165,7 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     sizes = dict(batches)
     queue = iter(batches)
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
-                             initargs=(settings,)) as pool:
+                             initargs=(settings, os.getpid())) as pool:
         pending: set[Future[BatchResult]] = set()
         try:
             while True:
@@ -97,6 +182,9 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
                     totals.update(result.outcomes)
                     if on_batch:
                         on_batch(result, sizes[result.batch_id])
+        except BrokenProcessPool as exc:
+            raise MigratorError(
+                f"a migration process died ({exc}); run 'migrator start' again to resume") from None
         except BaseException:
             for future in pending:
                 future.cancel()

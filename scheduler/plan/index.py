@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator import audit
 from migrator.config import Settings
 from migrator.state.models import Instance, Outcome, StorageRoot
-from scheduler.plan.walk import FileStat, ParsedFile, iter_folders, parse_folder
+from scheduler.plan.walk import FileStat, ParsedFile, iter_folders, parse_folder, storable
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class RootIndexSummary:
     unreadable: int = 0
     #: Files whose size or time changed after they had an outcome.
     changed_after_outcome: int = 0
+    #: Indexed files no longer found in a folder that was walked.
+    gone: int = 0
     folder_errors: list[str] = field(default_factory=list)
 
 
@@ -64,22 +66,25 @@ def _tasks(session: Session, root_id: int, root_path: Path,
     """Yield the files of each folder that are new or changed since the last run."""
     for folder, files in iter_folders(root_path, summary.folder_errors):
         summary.files += len(files)
+        stored_folder = storable(folder)
         known = {
             rel: (id_, size, mtime, outcome)
             for id_, rel, size, mtime, outcome in session.execute(
                 select(Instance.id, Instance.rel_path, Instance.size, Instance.mtime_ns, Instance.outcome)
-                .where(Instance.root_id == root_id, Instance.folder == folder))
+                .where(Instance.root_id == root_id, Instance.folder == stored_folder))
         }
         session.rollback()  # end the read transaction; the writer commits meanwhile
+        listed = {storable(f"{folder}/{stat.name}" if folder else stat.name) for stat in files}
+        summary.gone += sum(1 for rel in known if rel not in listed)
         todo = []
         for stat in files:
-            rel = f"{folder}/{stat.name}" if folder else stat.name
+            rel = storable(f"{folder}/{stat.name}" if folder else stat.name)
             row = known.get(rel)
             if row is None or (row[1], row[2]) != (stat.size, stat.mtime_ns):
                 todo.append(stat)
         for start in range(0, len(todo), FILES_PER_TASK):
             part = todo[start:start + FILES_PER_TASK]
-            rels = [f"{folder}/{stat.name}" if folder else stat.name for stat in part]
+            rels = [storable(f"{folder}/{stat.name}" if folder else stat.name) for stat in part]
             part_known = {rel: known[rel] for rel in rels if rel in known}
             yield root_id, str(root_path), folder, part, part_known
 

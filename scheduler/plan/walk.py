@@ -54,9 +54,23 @@ def iter_folders(root: Path, errors: list[str]) -> Iterator[tuple[str, list[File
         except OSError as exc:
             errors.append(f"{root / folder}: cannot list the folder: {exc.strerror or exc}")
             continue
-        if files:
-            yield folder, sorted(files, key=lambda f: f.name)
+        # Empty folders are yielded too, so files deleted from them are noticed.
+        yield folder, sorted(files, key=lambda f: f.name)
         stack.extend(sorted(subfolders, reverse=True))
+
+
+def storable(path: str) -> str:
+    """Return ``path`` as the index stores it.
+
+    A name that is not valid UTF-8 (Python keeps its bad bytes as
+    surrogates) cannot be stored in a text column, so its bad bytes are
+    written as ``\\xNN`` escapes.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
 
 
 def parse_folder(root: str, folder: str, files: list[FileStat]) -> list[ParsedFile]:
@@ -64,11 +78,16 @@ def parse_folder(root: str, folder: str, files: list[FileStat]) -> list[ParsedFi
     parsed = []
     for stat in files:
         rel_path = f"{folder}/{stat.name}" if folder else stat.name
-        try:
-            header = read_header(Path(root) / rel_path)
-            fields: dict[str, object] = dict(header.__dict__)
-            error = None
-        except UnreadableFile as exc:
-            fields, error = {}, str(exc)
-        parsed.append(ParsedFile(rel_path, folder, stat.size, stat.mtime_ns, fields, error))
+        stored = storable(rel_path)
+        fields: dict[str, object] = {}
+        error = None
+        if stored != rel_path:
+            error = ("the path is not valid UTF-8; rename the file or folder to UTF-8 "
+                     "and run 'migrator plan' again")
+        else:
+            try:
+                fields = dict(read_header(Path(root) / rel_path).__dict__)
+            except UnreadableFile as exc:
+                error = str(exc)
+        parsed.append(ParsedFile(stored, storable(folder), stat.size, stat.mtime_ns, fields, error))
     return parsed

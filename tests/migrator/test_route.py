@@ -220,7 +220,8 @@ class TestDefaultRules:
         route = Router(settings).route(facts)
 
         assert route == Route("non-pixel object (not accepted by nonpixel)", SINBIN,
-                              "unsupported_sop_class")
+                              "unsupported_sop_class",
+                              f"nonpixel does not accept SOP class {EncapsulatedPDFStorage}")
 
     def test_default_acceptance_per_destination(self) -> None:
         """Each destination's accepted classes limit only what is routed to it."""

@@ -118,3 +118,42 @@ def test_unreadable_files_get_no_batch(tmp_path: Path, sqlite_url: str) -> None:
     assert len(unreadable) == len(migration.expected("unreadable"))
     assert all(i.batch_id is None for i in unreadable)
     assert all(i.outcome == "unreadable" for i in unreadable)
+
+
+def test_non_utf8_name_is_unreadable(tmp_path: Path, sqlite_url: str) -> None:
+    """A file name that is not UTF-8 is recorded as unreadable and the rest is indexed."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    sample = migration.expected("main")[0]
+    root = migration.archive.roots[sample.root]
+    bad_name = os.fsdecode(b"bad\xff\xfename.dcm")
+    shutil.copy(root / sample.rel_path, root / bad_name)
+    summaries = plan(migration.settings, migration.sessions)
+    rows = _instances(migration)
+    assert len(rows) == len(migration.archive.expected) + 1
+    bad = [row for row in rows if row.rel_path == "bad\\xff\\xfename.dcm"]
+    assert len(bad) == 1
+    assert bad[0].outcome == "unreadable"
+    assert "not valid UTF-8" in (bad[0].parse_error or "")
+    again = plan(migration.settings, migration.sessions)
+    assert sum(s.new for s in again) == 0
+    assert sum(s.files for s in summaries) == len(rows)
+
+
+def test_missing_root_is_reported(tmp_path: Path, sqlite_url: str) -> None:
+    """A root that cannot be listed is reported while the other roots are indexed."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    shutil.rmtree(migration.archive.roots["root2"])
+    summaries = {s.root: s for s in plan(migration.settings, migration.sessions)}
+    assert summaries["root2"].folder_errors
+    assert "cannot list the folder" in summaries["root2"].folder_errors[0]
+    assert summaries["root1"].files > 0
+
+
+def test_deleted_files_are_counted_as_gone(tmp_path: Path, sqlite_url: str) -> None:
+    """A file deleted after indexing is counted as gone by the next plan."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    plan(migration.settings, migration.sessions)
+    victim = migration.expected("main")[0]
+    (migration.archive.roots[victim.root] / victim.rel_path).unlink()
+    summaries = plan(migration.settings, migration.sessions)
+    assert sum(s.gone for s in summaries) == 1

@@ -1,0 +1,83 @@
+"""Batch leases in the state database.
+
+A worker claims a batch with one atomic UPDATE before touching it, so a
+batch runs in one place at a time even when two runs overlap or a message
+is delivered twice. The lease is renewed while the batch runs; a lease that
+is not renewed expires and another worker may take the batch over.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.orm import Session
+
+from migrator import audit
+from migrator.errors import MigratorError
+from migrator.state.models import Batch, BatchStatus
+
+LOGGER = logging.getLogger(__name__)
+
+#: How long a lease lasts without renewal. It must outlast the longest
+#: single C-STORE (the DIMSE timeout) plus a new association.
+LEASE = timedelta(minutes=10)
+#: How often a running batch renews its lease.
+RENEW_EVERY = timedelta(seconds=30)
+
+
+class LeaseLost(MigratorError):
+    """Another worker took the batch over after this worker's lease expired."""
+
+
+def claim(session: Session, batch_id: int, owner: str) -> Lease | None:
+    """Take the batch's lease atomically; None if it is done or leased to another."""
+    now = audit.now()
+    result = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .where(or_(Batch.status == BatchStatus.PLANNED.value,
+                   and_(Batch.status == BatchStatus.RUNNING.value, Batch.lease_expires < now)))
+        .values(status=BatchStatus.RUNNING.value, lease_owner=owner, lease_expires=now + LEASE,
+                attempts=Batch.attempts + 1, started_at=now)
+    )
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return Lease(batch_id, owner, now)
+
+
+class Lease:
+    """A held batch lease, renewed by :meth:`renew` as work goes on."""
+
+    def __init__(self, batch_id: int, owner: str, renewed_at: datetime) -> None:
+        self.batch_id = batch_id
+        self.owner = owner
+        self.renewed_at = renewed_at
+
+    def renew(self, session: Session) -> None:
+        """Extend the lease if it is due.
+
+        Raises
+        ------
+        LeaseLost
+            The lease expired and another worker holds the batch now.
+        """
+        now = audit.now()
+        if now - self.renewed_at < RENEW_EVERY:
+            return
+        result = session.execute(
+            update(Batch).where(Batch.id == self.batch_id, Batch.lease_owner == self.owner)
+            .values(lease_expires=now + LEASE))
+        session.commit()
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"batch {self.batch_id} was taken over by another worker")
+        self.renewed_at = now
+
+    def finish(self, session: Session) -> None:
+        """Mark the batch done and release the lease."""
+        session.execute(update(Batch).where(Batch.id == self.batch_id, Batch.lease_owner == self.owner)
+                        .values(status=BatchStatus.DONE.value, finished_at=audit.now(),
+                                lease_owner=None, lease_expires=None))
+        session.commit()

@@ -1,0 +1,173 @@
+"""Runs that overlap, lose their parent, or meet a silent destination or a wrong database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from migrator.config import load_settings
+from migrator.demo.scp import StorageSCP
+from migrator.errors import LegacyDatabaseError
+from migrator.state.models import AuditEntry
+from scheduler.dispatch.embedded import run_embedded
+from scheduler.plan.run import plan
+from tests.support import CALLING_AE, Migration, prepare_migration
+
+
+def _start(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "migrator", "start", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _scps(tmp_path: Path, delay: float = 0.0) -> dict[str, StorageSCP]:
+    return {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=delay).start()
+            for name in ("main", "nonpixel", "sinbin")}
+
+
+def _repeats(migration: Migration, scps: dict[str, StorageSCP]) -> dict[str, int]:
+    """SOP Instance UIDs received more than once, beyond the intended duplicate pair."""
+    arrivals = Counter(uid for scp in scps.values() for uid in scp.arrivals)
+    duplicate_uids = {e.sop_instance_uid for e in migration.expected("sinbin") if e.reason == "duplicate"}
+    return {uid: n for uid, n in arrivals.items()
+            if n > 1 and not (uid in duplicate_uids and n == 2)}
+
+
+def _wait_for_audit_rows(migration: Migration, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with migration.sessions() as session:
+        while time.monotonic() < deadline:
+            done = session.scalar(select(func.count(AuditEntry.id)).where(AuditEntry.batch_id.is_not(None)))
+            session.rollback()
+            if done and done >= count:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} audit rows after {timeout} s")
+
+
+def test_overlapping_starts_send_nothing_twice(tmp_path: Path, postgres_url: str) -> None:
+    """Two start commands at once share the batches through leases."""
+    scps = _scps(tmp_path, delay=0.05)
+    try:
+        migration = prepare_migration(tmp_path, postgres_url,
+                                      {n: (s.ae_title, s.port) for n, s in scps.items()})
+        plan(migration.settings, migration.sessions)
+        first = _start(tmp_path / "migrator.toml")
+        _wait_for_audit_rows(migration, 3)
+        second = _start(tmp_path / "migrator.toml")
+        assert first.wait(timeout=300) == 0
+        assert second.wait(timeout=300) == 0
+    finally:
+        for scp in scps.values():
+            scp.stop()
+    assert None not in migration.outcome_counts()
+    assert _repeats(migration, scps) == {}
+    with migration.sessions() as session:
+        assert session.scalar(select(func.count(AuditEntry.id))) == len(migration.archive.expected)
+
+
+def test_pool_dies_with_killed_start(tmp_path: Path, sqlite_url: str) -> None:
+    """SIGKILL to the start process alone stops its pool; the next start finishes the run."""
+    scps = _scps(tmp_path, delay=0.15)
+    try:
+        migration = prepare_migration(tmp_path, sqlite_url,
+                                      {n: (s.ae_title, s.port) for n, s in scps.items()})
+        plan(migration.settings, migration.sessions)
+        first = _start(tmp_path / "migrator.toml")
+        _wait_for_audit_rows(migration, 6)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        time.sleep(1)
+        arrivals_after_kill = sum(len(scp.arrivals) for scp in scps.values())
+        time.sleep(1)
+        assert sum(len(scp.arrivals) for scp in scps.values()) == arrivals_after_kill
+        second = _start(tmp_path / "migrator.toml")
+        assert second.wait(timeout=300) == 0
+    finally:
+        for scp in scps.values():
+            scp.stop()
+    assert None not in migration.outcome_counts()
+    assert len(_repeats(migration, scps)) <= migration.settings.run.processes
+
+
+def test_silent_destination_fails_fast(tmp_path: Path, sqlite_url: str) -> None:
+    """A destination that never responds fails the rest of the batch after three timeouts."""
+    scps = _scps(tmp_path)
+    silent = StorageSCP("MAIN", tmp_path / "silent", [CALLING_AE], delay=30).start()
+    try:
+        endpoints = {n: (s.ae_title, s.port) for n, s in scps.items()}
+        endpoints["main"] = (silent.ae_title, silent.port)
+        migration = prepare_migration(tmp_path, sqlite_url, endpoints)
+        text = (tmp_path / "migrator.toml").read_text()
+        text = text.replace('[destinations.main]\n', '[destinations.main]\ndimse_timeout = 1\n')
+        text = text.replace("max_instances = 20", "max_instances = 100")
+        (tmp_path / "migrator.toml").write_text(text)
+        settings = load_settings(tmp_path / "migrator.toml")
+        plan(settings, migration.sessions)
+        started = time.monotonic()
+        run_embedded(settings, migration.sessions)
+        elapsed = time.monotonic() - started
+    finally:
+        silent.stop()
+        for scp in scps.values():
+            scp.stop()
+    images = migration.expected("main")
+    outcomes = migration.outcomes()
+    assert all(outcomes[(e.root, e.rel_path)] == "failed" for e in images)
+    reasons = [a.reason or "" for e in images for a in migration.audit_of(e)]
+    assert sum("timed out after 1 s" in r for r in reasons) <= 3 * len(migration.settings.roots)
+    assert any("sent no response to 3 C-STORE requests" in r for r in reasons)
+    assert elapsed < 60
+
+
+def test_no_legacy_matches_stops_the_run(tmp_path: Path, sqlite_url: str) -> None:
+    """A query that finds none of the indexed UIDs stops the run before anything is sent."""
+    scps = _scps(tmp_path)
+    try:
+        migration = prepare_migration(tmp_path, sqlite_url,
+                                      {n: (s.ae_title, s.port) for n, s in scps.items()})
+        query = migration.settings.legacy.query.replace("IN :uids", "IN :uids AND 1 = 0")
+        legacy = migration.settings.legacy.model_copy(update={"query": query})
+        settings = migration.settings.model_copy(update={"legacy": legacy})
+        plan(settings, migration.sessions)
+        with pytest.raises(LegacyDatabaseError, match="found none of"):
+            run_embedded(settings, migration.sessions)
+        assert all(not scp.arrivals for scp in scps.values())
+        allowed = settings.model_copy(update={"legacy": legacy.model_copy(update={"allow_no_matches": True})})
+        run_embedded(allowed, migration.sessions)
+    finally:
+        for scp in scps.values():
+            scp.stop()
+    counts = migration.outcome_counts()
+    assert counts["sinbinned"] == len(migration.archive.expected) - len(migration.expected("unreadable"))
+
+
+def test_missing_exclusion_list_is_a_clear_error(tmp_path: Path, sqlite_url: str) -> None:
+    """start names the missing exclusion list and shows no traceback."""
+    migration = prepare_migration(tmp_path, sqlite_url, {"main": ("A", 1), "nonpixel": ("B", 2),
+                                                         "sinbin": ("C", 3)})
+    plan(migration.settings, migration.sessions)
+    migration.archive.exclusion_list.unlink()
+    result = subprocess.run([sys.executable, "-m", "migrator", "start", "--config", str(tmp_path / "migrator.toml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "cannot read the exclusion list" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_legacy_file_is_not_created(tmp_path: Path, sqlite_url: str) -> None:
+    """A legacy SQLite path that does not exist is reported, not created empty."""
+    migration = prepare_migration(tmp_path, sqlite_url, {"main": ("A", 1), "nonpixel": ("B", 2),
+                                                         "sinbin": ("C", 3)})
+    plan(migration.settings, migration.sessions)
+    migration.archive.legacy_db.unlink()
+    with pytest.raises(LegacyDatabaseError, match="legacy database file not found"):
+        run_embedded(migration.settings, migration.sessions)
+    assert not migration.archive.legacy_db.exists()
