@@ -297,7 +297,9 @@ def load_settings(path: Path | str) -> Settings:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {path}") from None
+        raise ConfigError(
+            f"configuration file not found: {path.absolute()}; name it with --config FILE after "
+            "the subcommand or with the MIGRATOR_CONFIG environment variable") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     raw.setdefault("base_dir", str(path.resolve().parent))
@@ -312,14 +314,18 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: {exc.error_count()} invalid setting(s)"]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
         if not error["loc"]:
             # A check across sections has the whole file as its input, so only
             # its message, which names the bad values, is shown.
-            lines.append(f"  {key}: {error['msg']}")
+            lines.append(f"  {key}: {message}")
+            continue
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; check its spelling against the README")
             continue
         value = error.get("input")
         shown = "missing" if error["type"] == "missing" else f"got {value!r}"
         if error["type"] != "missing" and key.endswith("url"):
             shown = "got a URL"  # NOTE: a rejected URL may carry a password.
-        lines.append(f"  {key}: {error['msg']} ({shown})")
+        lines.append(f"  {key}: {message} ({shown})")
     return "\n".join(lines)

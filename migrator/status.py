@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from migrator.state.models import DELIVERED, AuditEntry, Instance, StorageRoot
+from migrator.state.models import DELIVERED, AuditEntry, Instance, Outcome, StorageRoot
 
 PENDING = "pending"
 
@@ -43,3 +43,25 @@ def read_status(session: Session) -> Status:
     if count and first and last and last > first:
         rate = count / ((last - first).total_seconds() / 3600)
     return Status(by_root, rate)
+
+
+@dataclass(frozen=True)
+class FailedInstance:
+    instance_id: int
+    root: str
+    rel_path: str
+    destination: str | None
+    reason: str | None
+
+
+def failed_instances(session: Session, limit: int) -> list[FailedInstance]:
+    """Return up to ``limit`` failed instances with the reason of their last attempt."""
+    last_attempt = (select(func.max(AuditEntry.id)).where(AuditEntry.instance_id == Instance.id)
+                    .correlate(Instance).scalar_subquery())
+    rows = session.execute(
+        select(Instance.id, StorageRoot.name, Instance.rel_path, AuditEntry.destination, AuditEntry.reason)
+        .join(StorageRoot, StorageRoot.id == Instance.root_id)
+        .join(AuditEntry, AuditEntry.id == last_attempt)
+        .where(Instance.outcome == Outcome.FAILED.value)
+        .order_by(Instance.id).limit(limit))
+    return [FailedInstance(*row) for row in rows]

@@ -33,7 +33,7 @@ def list_command(config: ConfigOption = DEFAULT_CONFIG, reason: Reason = None, r
                   caption="where: 'archive' = a copy is in the sin bin archive; "
                           "'on disk' = unreadable, left where it was found")
     for column in ("item", "root", "path", "reason", "where", "released to"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(str(row.item.id), row.root, row.instance.rel_path, row.item.reason,
                       "archive" if row.item.archived else "on disk", row.item.released_to or "")

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
 from migrator.errors import MigratorError

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
 from rich.table import Table
 
-from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load, out
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, fail, load, out
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from migrator.state.models import Outcome
-from migrator.status import PENDING, read_status
+from migrator.status import PENDING, failed_instances, read_status
 
 COLUMNS = [PENDING] + [outcome.value for outcome in Outcome]
 
 
 @app.command("status")
-def status_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
+def status_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    failed: Annotated[int, typer.Option(
+        "--failed", help="Also list up to this many failed instances with their reason.")] = 0,
+) -> None:
     """Show how many instances have each outcome, per root, and images per hour."""
     settings = load(config)
     try:
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
         with sessions() as session:
             status = read_status(session)
+            failures = failed_instances(session, failed) if failed else []
     except MigratorError as exc:
         raise fail(exc) from None
     table = Table(title="Migration status")
@@ -33,4 +41,12 @@ def status_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
     table.add_row("all", *(str(totals.get(column, 0)) for column in COLUMNS), style="bold")
     out.print(table)
     rate = "n/a" if status.images_per_hour is None else f"{status.images_per_hour:,.0f}"
-    console.print(f"images/hour (first to last delivery): {rate}")
+    out.print(f"instances/hour delivered (first to last delivery): {rate}")
+    if failures:
+        listing = Table(title=f"Failed instances (first {len(failures)})")
+        for column in ("instance", "root", "path", "destination", "reason"):
+            listing.add_column(column, overflow="fold")
+        for item in failures:
+            listing.add_row(str(item.instance_id), item.root, item.rel_path, item.destination or "",
+                            item.reason or "")
+        out.print(listing)

@@ -36,7 +36,12 @@ import pydicom
 import pydicom.data
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ImplicitVRLittleEndian, TwelveLeadECGWaveformStorage, generate_uid
+from pydicom.uid import (
+    UID,
+    ImplicitVRLittleEndian,
+    TwelveLeadECGWaveformStorage,
+    generate_uid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -569,7 +574,8 @@ def _header_values(spec: _StudySpec, study_uid: str) -> dict[str, str]:
 
 def _legacy_values(index: int, specs: list[_StudySpec], study_uids: list[str]) -> dict[str, str]:
     """Return the database values for the instances of study ``index``, following a merge."""
-    target = specs[index].merged_into if specs[index].merged_into is not None else index
+    merged_into = specs[index].merged_into
+    target = merged_into if merged_into is not None else index
     spec = specs[target]
     patient = spec.legacy_patient or spec.patient
     return {
@@ -692,7 +698,7 @@ def _write_copy(copy: PlannedCopy, roots: dict[str, Path]) -> None:
     dataset.StudyInstanceUID = copy.header["StudyInstanceUID"]
     dataset.SeriesInstanceUID = copy.series_instance_uid
     dataset.SOPInstanceUID = copy.sop_instance_uid
-    dataset.file_meta.MediaStorageSOPInstanceUID = copy.sop_instance_uid
+    dataset.file_meta.MediaStorageSOPInstanceUID = UID(copy.sop_instance_uid)
 
     dataset.PatientID = copy.header["PatientID"]
     dataset.PatientName = copy.header["PatientName"]

@@ -14,10 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from migrator.dicom.net import NODELAY_HANDLERS
+
+#: Verification SOP Class, for C-ECHO.
+VERIFICATION = "1.2.840.10008.1.1"
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,17 +57,20 @@ class StorageSCP:
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = True
         self._ae.require_calling_aet = allowed_callers
-        self._ae.add_supported_context(Verification)
+        self._ae.add_supported_context(VERIFICATION)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer | None = None
         self.port = 0
 
     def start(self) -> StorageSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
-        handlers = [(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS]
-        self._server = self._ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        self.port = self._server.server_address[1]
+        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS]
+        server = self._ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        assert server is not None  # block=False always returns the server
+        self._server = server
+        self.port = server.server_address[1]
         return self
 
     def stop(self) -> None:
@@ -73,7 +80,9 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> int:
         # The request's own bytes, written as a Part 10 file without decoding.
-        uid = str(event.request.AffectedSOPInstanceUID)
+        request = event.request
+        assert isinstance(request, C_STORE)
+        uid = str(request.AffectedSOPInstanceUID)
         if self.delay:
             time.sleep(self.delay)
         status = self.status_for(uid) if self.status_for else 0x0000

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 
 LOGGER = logging.getLogger(__name__)
 
@@ -21,4 +21,4 @@ def _set_tcp_nodelay(event: evt.Event) -> None:
 
 
 #: Pass to ``AE.associate`` or ``AE.start_server`` as ``evt_handlers``.
-NODELAY_HANDLERS: list[tuple[Any, Any]] = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
+NODELAY_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]

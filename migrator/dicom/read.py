@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import pydicom
 from pydicom.dataset import Dataset, FileDataset
@@ -47,7 +47,7 @@ def _next_tag_is_pixel_data(fp: BinaryIO, little_endian: bool) -> bool:
     raw = fp.read(4)
     if len(raw) < 4:
         return False
-    order = "little" if little_endian else "big"
+    order: Literal["little", "big"] = "little" if little_endian else "big"
     group = int.from_bytes(raw[:2], order)
     element = int.from_bytes(raw[2:], order)
     return (group << 16 | element) in PIXEL_TAGS

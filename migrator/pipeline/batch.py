@@ -71,7 +71,7 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
     ids = [instance.id for instance, _ in rows]
     outcomes: Counter[str] = Counter()
     for start in range(0, len(ids), 1000):
-        outcomes.update(outcome for (outcome,) in session.execute(
+        outcomes.update(outcome or "pending" for (outcome,) in session.execute(
             select(Instance.outcome).where(Instance.id.in_(ids[start:start + 1000]))))
     LOGGER.info("batch %d finished: %s", batch_id, dict(outcomes))
     return BatchResult(batch_id, claimed=True, outcomes=outcomes)

@@ -43,7 +43,7 @@ def _same_uid_files(session: Session, uids: Sequence[str], chunk: int) -> dict[s
             .where(Instance.sop_instance_uid.in_(part))
         )
         for id_, root, rel_path, uid in rows:
-            found[uid].append(IndexedFile(id_, root, rel_path, uid))
+            found[uid or ""].append(IndexedFile(id_, root, rel_path, uid or ""))
     return found
 
 

@@ -9,8 +9,8 @@ dataset is switched to UTF-8 (ISO_IR 192), recorded as a change of its own.
 from __future__ import annotations
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataset import Dataset
 
 from migrator.steps import Change, StepContext
 

@@ -14,9 +14,9 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from datetime import UTC, datetime
 from multiprocessing import get_context
 
 from sqlalchemy import func, select, update

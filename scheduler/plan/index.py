@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator import audit
 from migrator.config import Settings
 from migrator.state.models import Instance, Outcome, StorageRoot
-from scheduler.plan.walk import FileStat, ParsedFile, iter_folders, parse_folder, storable
+from scheduler.plan.walk import (
+    FileStat,
+    ParsedFile,
+    iter_folders,
+    parse_folder,
+    storable,
+)
 
 LOGGER = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
 from migrator.demo.archive import (
+    RECONCILED_KEYWORDS,
     DemoArchive,
     ExpectedOutcome,
-    RECONCILED_KEYWORDS,
     build_demo_archive,
     plan_demo_copies,
     read_sample,

@@ -202,7 +202,8 @@ class TestInvalidConfig:
         with pytest.raises(ConfigError) as caught:
             load_settings(path)
 
-        assert str(caught.value) == f"configuration file not found: {path}"
+        assert str(caught.value).startswith(f"configuration file not found: {path};")
+        assert "--config" in str(caught.value)
 
 
 class TestPassword:
@@ -285,3 +286,19 @@ class TestRelativePaths:
         assert settings.resolve(settings.roots[0].path) == absolute
         assert settings.state.sqlalchemy_url(settings.base_dir).database == str(tmp_path / "state.db")
 
+
+
+class TestMessages:
+    def test_unknown_key_named(self, tmp_path: Path) -> None:
+        """A misspelt key is reported as unknown, without pydantic's wording."""
+        message = load_error(tmp_path, replaced('port = 11112', 'port = 11112\nae_titel = "X"'))
+
+        assert "ae_titel: unknown key" in message
+        assert "Extra inputs" not in message
+
+    def test_value_error_prefix_removed(self, tmp_path: Path) -> None:
+        """Validator messages appear without the 'Value error, ' prefix."""
+        message = load_error(tmp_path, replaced("IN :uids", "IN (1)"))
+
+        assert "Value error" not in message
+        assert "legacy.query: the query must filter with 'IN :uids'" in message

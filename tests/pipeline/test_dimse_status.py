@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,17 @@ def test_failed_instance_is_not_counted_as_sent(migrated) -> None:
         expected = chosen[label]
         assert expected.sop_instance_uid not in scps["main"].received
         assert [a.outcome for a in migration.audit_of(expected)] == ["failed"]
+
+
+def test_status_lists_failed_instances(migrated, tmp_path: Path) -> None:
+    """status --failed lists each failed instance with its DIMSE status in the reason."""
+    migration, chosen, _ = migrated
+    result = subprocess.run(
+        [sys.executable, "-m", "migrator", "status", "--failed", "50", "--config",
+         str(tmp_path / "migrator.toml")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    for label in ("out of resources", "does not match SOP class", "cannot understand"):
+        assert chosen[label].rel_path in result.stdout
+        assert f"0x{STATUSES[label][0]:04X}" in result.stdout
+    assert chosen["warning coercion"].rel_path not in result.stdout
