@@ -326,6 +326,6 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
         value = error.get("input")
         shown = "missing" if error["type"] == "missing" else f"got {value!r}"
         if error["type"] != "missing" and key.endswith("url"):
-            shown = "got a URL"  # NOTE: a rejected URL may carry a password.
+            shown = "value not shown, since a URL may contain a password"
         lines.append(f"  {key}: {message} ({shown})")
     return "\n".join(lines)

@@ -23,9 +23,10 @@ def find_traces(session: Session, key: str) -> list[Trace]:
     """Find instances by SOP Instance UID, path relative to a root, or absolute path."""
     conditions = [Instance.sop_instance_uid == key, Instance.rel_path == key]
     for root in session.scalars(select(StorageRoot)):
-        prefix = root.path.rstrip("/") + "/"
-        if key.startswith(prefix):
-            conditions.append((Instance.root_id == root.id) & (Instance.rel_path == key[len(prefix):]))
+        # An absolute path, or "root name/relative path" as trace and reasons print it.
+        for prefix in (root.path.rstrip("/") + "/", root.name + "/"):
+            if key.startswith(prefix):
+                conditions.append((Instance.root_id == root.id) & (Instance.rel_path == key[len(prefix):]))
     traces = []
     for instance in session.scalars(select(Instance).where(or_(*conditions)).order_by(Instance.id)):
         traces.append(Trace(

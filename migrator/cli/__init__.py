@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,8 @@ app = typer.Typer(help="Migrate a legacy PACS archive into a new PACS over DICOM
                   no_args_is_help=True, pretty_exceptions_enable=False)
 #: Logs, progress bars and errors go to stderr; tables and results to stdout.
 console = Console(stderr=True)
-out = Console()
+# Redirected output keeps whole rows, so paths and UIDs are not folded for grep.
+out = Console() if sys.stdout.isatty() else Console(width=2000)
 
 ConfigOption = Annotated[Path, typer.Option(
     "--config", "-c", envvar="MIGRATOR_CONFIG",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from sqlalchemy import text
 
-from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, load
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, load, out
 from migrator.dicom.send import echo
 from migrator.errors import MigratorError
 from migrator.reconcile.legacy import LegacyDatabase
@@ -20,7 +20,7 @@ app.add_typer(config_app, name="config")
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate the configuration and test the databases, roots and destinations (C-ECHO)."""
     settings = load(config)
-    console.print(f"{config}: valid")
+    out.print(f"{config}: valid")
     problems = 0
 
     def report(what: str, action: object) -> None:
@@ -28,10 +28,10 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
         try:
             if callable(action):
                 action()
-            console.print(f"  [green]ok[/green]     {what}")
+            out.print(f"  [green]ok[/green]     {what}")
         except (MigratorError, OSError) as exc:
             problems += 1
-            console.print(f"  [red]failed[/red] {what}: {exc}", highlight=False)
+            out.print(f"  [red]failed[/red] {what}: {exc}", highlight=False)
 
     report(f"state database {settings.state.url}",
            lambda: open_state(settings.state.sqlalchemy_url(settings.base_dir)))
@@ -58,5 +58,5 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
         report(f"C-ECHO {name} ({destination.ae_title}@{destination.host}:{destination.port})",
                lambda name=name, destination=destination: echo(settings.run.ae_title, name, destination))
     if problems:
-        console.print(f"{problems} check(s) failed")
+        out.print(f"{problems} check(s) failed")
         raise typer.Exit(1)

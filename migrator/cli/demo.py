@@ -40,3 +40,5 @@ def demo_command(
     total = sum(result.table.values())
     console.print(f"every one of the {total} files is accounted for and landed where it should; "
                   f"state database and configuration in {folder}")
+    console.print(f"next: cd {folder} and run 'migrator status', 'migrator sinbin list' or "
+                  "'migrator trace PATH-OR-UID' there")

@@ -59,7 +59,7 @@ def release_command(
         raise fail(exc) from None
     failed = 0
     for item_id, result in sorted(results.items()):
-        console.print(f"item {item_id}: {result}", highlight=False)
+        out.print(f"item {item_id}: {result}", highlight=False)
         failed += result not in ("sent", "sent_with_warning")
     if not results:
         console.print("no unreleased sin bin item matches; see 'migrator sinbin list'")

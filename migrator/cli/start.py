@@ -51,6 +51,6 @@ def start_command(
         console.print("outcomes of this run: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     if status.get("failed"):
-        console.print(f"{status['failed']} instance(s) failed; 'migrator status' counts them and "
-                      "'migrator start --retry-failed' tries them again")
+        console.print(f"{status['failed']} instance(s) failed; 'migrator status --failed 50' lists "
+                      "them and 'migrator start --retry-failed' tries them again")
         raise typer.Exit(1)

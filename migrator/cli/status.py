@@ -42,6 +42,8 @@ def status_command(
     out.print(table)
     rate = "n/a" if status.images_per_hour is None else f"{status.images_per_hour:,.0f}"
     out.print(f"instances/hour delivered (first to last delivery): {rate}")
+    if failed and not failures:
+        out.print("no failed instances")
     if failures:
         listing = Table(title=f"Failed instances (first {len(failures)})")
         for column in ("instance", "root", "path", "destination", "reason"):

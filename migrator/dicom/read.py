@@ -64,9 +64,11 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     """
     try:
         with open(path, "rb") as fp:
-            if os.fstat(fp.fileno()).st_size == 0:
-                raise UnreadableFile("empty file (0 bytes); it holds no DICOM data")
+            size = os.fstat(fp.fileno()).st_size
+            if size == 0:
+                raise UnreadableFile("empty file (0 bytes)")
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            at_end = fp.tell() >= size
             little_endian = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
             has_pixel_data = _next_tag_is_pixel_data(fp, little_endian)
     except UnreadableFile:
@@ -82,14 +84,22 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         raise UnreadableFile(f"cannot read the file: {exc.strerror or exc}") from None
     except Exception as exc:  # pydicom raises many kinds on malformed input
         raise UnreadableFile(f"cannot parse the DICOM header: {type(exc).__name__}: {exc}") from None
-    return header_of(ds, has_pixel_data)
+    return header_of(ds, has_pixel_data, truncated=at_end and not has_pixel_data)
 
 
-def header_of(ds: Dataset, has_pixel_data: bool) -> Header:
-    """Take the index fields from a parsed dataset."""
+def header_of(ds: Dataset, has_pixel_data: bool, truncated: bool = False) -> Header:
+    """Take the index fields from a parsed dataset.
+
+    ``truncated`` tells that the file ended inside the header, which
+    explains a missing UID better than the UID itself.
+    """
     missing = [label for keyword, label in REQUIRED.items() if not ds.get(keyword)]
+    if missing and truncated:
+        raise UnreadableFile(f"truncated file: it ends before {', '.join(missing)}; "
+                             "look for a complete copy of it")
     if missing:
-        raise UnreadableFile(f"missing {', '.join(missing)}")
+        raise UnreadableFile(f"missing {', '.join(missing)}, which the migration needs to "
+                             "identify the instance; inspect the file with dcmdump")
     return Header(
         transfer_syntax=str(transfer_syntax_of(ds)),
         sop_class_uid=str(ds.SOPClassUID),

@@ -9,6 +9,7 @@ travels in its stored transfer syntax and nothing is decompressed
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,16 +95,9 @@ class StoreSession:
             max_pdu=dest.max_pdu, evt_handlers=NODELAY_HANDLERS,
         )
         if not assoc.is_established:
-            if assoc.is_rejected:
-                why = "rejected the association"
-            elif assoc.is_aborted:
-                why = "aborted the association request or refused the connection"
-            else:
-                why = "could not be reached (connection refused or timed out)"
             raise DestinationError(
-                f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) {why}; "
-                "check its AE title, host, port and that it accepts our calling AE title"
-            )
+                f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) "
+                f"{association_failure(assoc, self._ae.ae_title, dest)}")
         self._assoc = assoc
         LOGGER.debug("associated with %s: %d contexts proposed, %d accepted", self.name,
                       len(contexts), len(assoc.accepted_contexts))
@@ -163,6 +157,26 @@ class StoreSession:
         return StoreResult("failure", status, detail)
 
 
+def association_failure(assoc: Association, calling_ae: str, destination: DestinationConfig) -> str:
+    """Describe why an association was not established, and what to check."""
+    if assoc.is_rejected:
+        return (f"rejected the association; check that it accepts calling AE title {calling_ae} "
+                f"and that its own AE title is {destination.ae_title}")
+    # pynetdicom reports a refused or timed-out connection as an abort, so
+    # probe the port to tell a stopped service from a dropped association.
+    try:
+        with socket.create_connection((destination.host, destination.port),
+                                      timeout=min(destination.acse_timeout, 10)):
+            pass
+    except ConnectionRefusedError:
+        return "refused the connection: nothing is listening on that port; is the service running?"
+    except TimeoutError:
+        return "did not accept a TCP connection in time; check the host, port and firewall"
+    except OSError as exc:
+        return f"cannot be reached: {exc.strerror or exc}; check the host and port"
+    return "aborted the association request; check its log for the reason"
+
+
 def echo(calling_ae: str, name: str, destination: DestinationConfig) -> None:
     """Send a C-ECHO to ``destination``.
 
@@ -179,10 +193,8 @@ def echo(calling_ae: str, name: str, destination: DestinationConfig) -> None:
                          evt_handlers=NODELAY_HANDLERS)
     if not assoc.is_established:
         raise DestinationError(
-            f"no association for C-ECHO: {destination.ae_title}@{destination.host}:"
-            f"{destination.port} is not running there, refused the connection, or rejected "
-            "our calling AE title"
-        )
+            f"destination {name} ({destination.ae_title}@{destination.host}:{destination.port}) "
+            f"{association_failure(assoc, calling_ae, destination)}")
     try:
         response = assoc.send_c_echo()
     finally:

@@ -45,13 +45,16 @@ class LegacyDatabase:
         self._checked_columns = False
 
     def _check_columns(self, columns: Iterable[str]) -> None:
+        path_column = self.config.path_column
         for column in columns:
-            if column == self.config.path_column:
+            if column == path_column:
                 continue
             if column not in keyword_dict:
+                hint = (f" or correct legacy.path_column ('{path_column}') if this is the path column"
+                        if path_column else "")
                 raise LegacyDatabaseError(
                     f"the reconciliation query returns column '{column}', which is not a "
-                    "DICOM keyword; alias every column to a keyword such as PatientID"
+                    f"DICOM keyword; alias every column to a keyword such as PatientID{hint}"
                 )
         self._checked_columns = True
 

@@ -37,6 +37,7 @@ FILES_PER_TASK = 200
 
 @dataclass
 class RootIndexSummary:
+    root: str
     files: int = 0
     new: int = 0
     changed: int = 0
@@ -113,8 +114,8 @@ def _store(session: Session, root_id: int, parsed: list[ParsedFile],
         summary.changed += 1
         if old[3] not in (None, Outcome.UNREADABLE.value):
             summary.changed_after_outcome += 1
-            LOGGER.warning("%s changed after it was migrated (outcome %s); not migrated again",
-                           item.rel_path, old[3])
+            LOGGER.warning("%s/%s changed after it was migrated (outcome %s); not migrated again",
+                           summary.root, item.rel_path, old[3])
             continue
         session.execute(update(Instance).where(Instance.id == old[0])
                         .values(**values, batch_id=None, outcome=None))
@@ -127,7 +128,7 @@ def _store(session: Session, root_id: int, parsed: list[ParsedFile],
                            if item.parse_error and item.rel_path not in known]
     for instance_id, item in unreadable_ids:
         summary.unreadable += 1
-        LOGGER.warning("unreadable file %s: %s", item.rel_path, item.parse_error)
+        LOGGER.warning("unreadable file %s/%s: %s", summary.root, item.rel_path, item.parse_error)
         audit.write(session, audit.Record(instance_id=instance_id, outcome=Outcome.UNREADABLE,
                                           reason=f"unreadable: {item.parse_error}", archived=False),
                     commit=False)
@@ -145,7 +146,7 @@ def index_roots(settings: Settings, sessions: sessionmaker[Session],
     """
     with sessions() as session:
         root_ids = ensure_roots(session, settings)
-    summaries = {root.name: RootIndexSummary() for root in settings.roots}
+    summaries = {root.name: RootIndexSummary(root.name) for root in settings.roots}
     names = {root_ids[root.name]: root.name for root in settings.roots}
     processes = settings.run.processes
     with sessions() as walk_session, sessions() as write_session, ProcessPoolExecutor(

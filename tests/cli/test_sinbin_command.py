@@ -102,3 +102,4 @@ def test_config_check_reports_each_connection(migrated, tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert "failed C-ECHO nonpixel" in " ".join(output.split())
+    assert "refused the connection" in " ".join(output.split())

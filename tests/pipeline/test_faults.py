@@ -171,3 +171,22 @@ def test_missing_legacy_file_is_not_created(tmp_path: Path, sqlite_url: str) -> 
     with pytest.raises(LegacyDatabaseError, match="legacy database file not found"):
         run_embedded(migration.settings, migration.sessions)
     assert not migration.archive.legacy_db.exists()
+
+
+def test_wrong_path_prefix_stops_the_run(tmp_path: Path, sqlite_url: str) -> None:
+    """A root whose legacy_path_prefix matches no legacy path stops the run before sending."""
+    scps = _scps(tmp_path)
+    try:
+        migration = prepare_migration(tmp_path, sqlite_url,
+                                      {n: (s.ae_title, s.port) for n, s in scps.items()})
+        text = (tmp_path / "migrator.toml").read_text()
+        (tmp_path / "migrator.toml").write_text(text.replace("root1\\\\", "share1\\\\", 1))
+        settings = load_settings(tmp_path / "migrator.toml")
+        assert settings.roots[0].legacy_path_prefix.endswith("share1\\")
+        plan(settings, migration.sessions)
+        with pytest.raises(LegacyDatabaseError, match="legacy_path_prefix"):
+            run_embedded(settings, migration.sessions)
+    finally:
+        for scp in scps.values():
+            scp.stop()
+    assert all(not scp.arrivals for scp in scps.values())
