@@ -16,7 +16,7 @@ from rich.progress import (
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
-from migrator.status import read_status
+from migrator.status import PENDING, read_status
 from scheduler.dispatch.embedded import run_embedded
 
 
@@ -50,7 +50,15 @@ def start_command(
     else:
         console.print("outcomes of this run: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    unfinished = False
+    if status.get(PENDING):
+        unfinished = True
+        console.print(f"{status[PENDING]} instance(s) are still pending: their batches are held by "
+                      "another run, or they were indexed without a batch; run 'migrator start' again "
+                      "once other runs have stopped (and 'migrator plan' first for new files)")
     if status.get("failed"):
+        unfinished = True
         console.print(f"{status['failed']} instance(s) failed; 'migrator status --failed 50' lists "
                       "them and 'migrator start --retry-failed' tries them again")
+    if unfinished:
         raise typer.Exit(1)

@@ -42,10 +42,13 @@ class StorageSCP:
         use it to play a destination that warns or fails. Default: success.
     delay
         Seconds to wait before each response, to play a slow destination.
+    transfer_syntaxes
+        Transfer syntaxes it accepts; default every one pynetdicom knows.
     """
 
     def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str],
-                 status_for: Callable[[str], int] | None = None, delay: float = 0.0) -> None:
+                 status_for: Callable[[str], int] | None = None, delay: float = 0.0,
+                 transfer_syntaxes: list[str] | None = None) -> None:
         self.ae_title = ae_title
         self.folder = folder
         self.status_for = status_for
@@ -60,7 +63,8 @@ class StorageSCP:
         self._ae.add_supported_context(VERIFICATION)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
-            self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            self._ae.add_supported_context(context.abstract_syntax,
+                                           transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer | None = None
         self.port = 0
 

@@ -139,7 +139,7 @@ class StoreSession:
             self._silent += 1
             if time.monotonic() - started >= self.destination.dimse_timeout:
                 why = f"timed out after {self.destination.dimse_timeout:g} s (dimse_timeout)"
-            elif self._assoc.is_aborted:
+            elif self._assoc.is_aborted or not self._assoc.is_established:
                 why = "the association was aborted"
             else:
                 why = "the response was invalid"
@@ -162,6 +162,11 @@ def association_failure(assoc: Association, calling_ae: str, destination: Destin
     if assoc.is_rejected:
         return (f"rejected the association; check that it accepts calling AE title {calling_ae} "
                 f"and that its own AE title is {destination.ae_title}")
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        # pynetdicom aborts an association in which no presentation context was accepted.
+        syntaxes = sorted({str(syntax) for cx in assoc.rejected_contexts for syntax in cx.transfer_syntax})
+        return ("accepted none of the proposed presentation contexts, so it takes none of the "
+                f"transfer syntaxes {', '.join(syntaxes)} for these SOP classes")
     # pynetdicom reports a refused or timed-out connection as an abort, so
     # probe the port to tell a stopped service from a dropped association.
     try:

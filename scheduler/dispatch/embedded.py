@@ -49,6 +49,9 @@ def _die_with_parent() -> None:
 def _init_process(settings: Settings, parent: int) -> None:
     global _CONTEXT
     _die_with_parent()
+    # Ctrl-C ends a pool process at once instead of raising KeyboardInterrupt,
+    # which the pool would catch before taking the next batch.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if os.getppid() != parent:
         os._exit(1)  # the parent died before prctl took effect
     _CONTEXT = RunContext.open(settings)
@@ -104,12 +107,16 @@ def prepare(session: Session, retry_failed: bool) -> int:
         else:
             held += 1
     if retry_failed:
+        # Only batches that are done: a batch another run still holds would
+        # be marked done by it with the reset instances left pending. The
+        # batches go back to the plan first, then their failed instances.
         failed_batches = select(Instance.batch_id).where(Instance.outcome == Outcome.FAILED.value)
-        session.execute(update(Batch).where(Batch.id.in_(failed_batches),
-                                            Batch.status == BatchStatus.DONE.value)
+        session.execute(update(Batch).where(Batch.status == BatchStatus.DONE.value,
+                                            Batch.id.in_(failed_batches))
                         .values(status=BatchStatus.PLANNED.value))
+        planned = select(Batch.id).where(Batch.status == BatchStatus.PLANNED.value)
         session.execute(update(Instance).where(Instance.outcome == Outcome.FAILED.value,
-                                               Instance.batch_id.is_not(None))
+                                               Instance.batch_id.in_(planned))
                         .values(outcome=None))
     session.commit()
     return held
@@ -162,31 +169,40 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     if not batches:
         return totals
     processes = min(settings.run.processes, len(batches))
+    pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
+                               initargs=(settings, os.getpid()))
+    try:
+        _dispatch(pool, processes, batches, totals, on_batch)
+    except BrokenProcessPool as exc:
+        raise MigratorError(
+            f"a migration process died ({exc}); run 'migrator start' again to resume") from None
+    except BaseException:
+        # Ctrl-C or an error: claim nothing more. The pool processes end
+        # with this process (PR_SET_PDEATHSIG), abandoning their batches'
+        # leases, which the next start takes back.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return totals
+
+
+def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int, int]],
+              totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None) -> None:
+    """Keep two batches per process queued until every batch has run."""
     sizes = dict(batches)
     queue = iter(batches)
-    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
-                             initargs=(settings, os.getpid())) as pool:
-        pending: set[Future[BatchResult]] = set()
-        try:
-            while True:
-                while len(pending) < processes * 2:
-                    nxt = next(queue, None)
-                    if nxt is None:
-                        break
-                    pending.add(pool.submit(_run_batch, nxt[0]))
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    result = future.result()
-                    totals.update(result.outcomes)
-                    if on_batch:
-                        on_batch(result, sizes[result.batch_id])
-        except BrokenProcessPool as exc:
-            raise MigratorError(
-                f"a migration process died ({exc}); run 'migrator start' again to resume") from None
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-    return totals
+    pending: set[Future[BatchResult]] = set()
+    while True:
+        while len(pending) < processes * 2:
+            nxt = next(queue, None)
+            if nxt is None:
+                break
+            pending.add(pool.submit(_run_batch, nxt[0]))
+        if not pending:
+            return
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            result = future.result()
+            totals.update(result.outcomes)
+            if on_batch:
+                on_batch(result, sizes[result.batch_id])
