@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from migrator.audit import now
 from migrator.state.models import DELIVERED, AuditEntry, Instance, Outcome, StorageRoot
 
 PENDING = "pending"
@@ -18,6 +20,8 @@ class Status:
     by_root: dict[str, dict[str, int]]
     #: Instances delivered per hour between the first and the last delivery.
     images_per_hour: float | None
+    #: Instances delivered in the hour before the status was read.
+    last_hour: int = 0
 
     def totals(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -42,7 +46,10 @@ def read_status(session: Session) -> Status:
     rate = None
     if count and first and last and last > first:
         rate = count / ((last - first).total_seconds() / 3600)
-    return Status(by_root, rate)
+    last_hour = session.scalar(
+        select(func.count(AuditEntry.id))
+        .where(AuditEntry.outcome.in_(delivered), AuditEntry.finished_at >= now() - timedelta(hours=1)))
+    return Status(by_root, rate, last_hour or 0)
 
 
 @dataclass(frozen=True)

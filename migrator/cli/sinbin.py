@@ -45,6 +45,8 @@ def release_command(
     to: Annotated[str, typer.Option("--to", help="Destination name to send the items to.")],
     item: Annotated[list[int] | None, typer.Option("--item", help="Item id; repeat for several.")] = None,
     config: ConfigOption = DEFAULT_CONFIG, reason: Reason = None, root: Root = None, study: Study = None,
+    dry_run: Annotated[bool, typer.Option(help="List the items that would be released; send nothing.")]
+    = False,
 ) -> None:
     """Send reviewed items to a destination through the normal path (corrected and audited)."""
     if not (item or reason or root or study):
@@ -54,6 +56,12 @@ def release_command(
         context = RunContext.open(settings)
         with context.sessions() as session:
             rows = list_items(session, reason, root, study, ids=item)
+        if dry_run:
+            for row in rows:
+                out.print(f"item {row.item.id}: would send {row.root}/{row.instance.rel_path} to {to} "
+                          f"({row.item.reason})", highlight=False)
+            out.print(f"{len(rows)} item(s) match; nothing was sent")
+            return
         results = release(context, rows, to)
     except MigratorError as exc:
         raise fail(exc) from None

@@ -41,7 +41,8 @@ def status_command(
     table.add_row("all", *(str(totals.get(column, 0)) for column in COLUMNS), style="bold")
     out.print(table)
     rate = "n/a" if status.images_per_hour is None else f"{status.images_per_hour:,.0f}"
-    out.print(f"instances/hour delivered (first to last delivery): {rate}")
+    out.print(f"instances delivered in the last hour: {status.last_hour:,}; average from the first "
+              f"to the last delivery, pauses included: {rate}/hour")
     if failed and not failures:
         out.print("no failed instances")
     if failures:

@@ -103,3 +103,25 @@ def test_config_check_reports_each_connection(migrated, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "failed C-ECHO nonpixel" in " ".join(output.split())
     assert "refused the connection" in " ".join(output.split())
+
+
+def test_release_dry_run_sends_nothing(migrated, tmp_path: Path) -> None:
+    """--dry-run lists the matching items and leaves them in the sin bin."""
+    migration, scps = migrated
+    orphans = [e for e in migration.expected("sinbin") if e.reason == "orphan"]
+    result = _migrator(tmp_path / "migrator.toml", "sinbin", "release", "--reason", "orphan",
+                       "--to", "main", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"{len(orphans)} item(s) match; nothing was sent" in result.stdout
+    assert all(e.sop_instance_uid not in scps["main"].received for e in orphans)
+    outcomes = migration.outcomes()
+    assert all(outcomes[(e.root, e.rel_path)] == "sinbinned" for e in orphans)
+
+
+def test_status_counts_the_last_hour(migrated, tmp_path: Path) -> None:
+    """status reports every delivery of the run just finished as within the last hour."""
+    migration, _ = migrated
+    delivered = len(migration.archive.expected) - len(migration.expected("unreadable"))
+    result = _migrator(tmp_path / "migrator.toml", "status")
+    assert result.returncode == 0, result.stderr
+    assert f"instances delivered in the last hour: {delivered}" in result.stdout
