@@ -77,6 +77,12 @@ class StorageSCP:
         self.port = server.server_address[1]
         return self
 
+    def __enter__(self) -> StorageSCP:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,24 @@ def _start(config: Path, started: list[subprocess.Popen[Any]]) -> subprocess.Pop
     return process
 
 
-def _scps(tmp_path: Path, delay: float = 0.0) -> dict[str, StorageSCP]:
-    return {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=delay).start()
+@contextmanager
+def running_scps(tmp_path: Path, delay: float = 0.0) -> Iterator[dict[str, StorageSCP]]:
+    """Run main, non-pixel and sin bin SCPs for the length of the block."""
+    scps = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=delay).start()
             for name in ("main", "nonpixel", "sinbin")}
+    try:
+        yield scps
+    finally:
+        for scp in scps.values():
+            scp.stop()
+
+
+def _planned(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP]) -> Migration:
+    """Prepare the demo archive aimed at ``scps`` and plan it."""
+    migration = prepare_migration(tmp_path, state_url,
+                                  {name: (scp.ae_title, scp.port) for name, scp in scps.items()})
+    plan(migration.settings, migration.sessions)
+    return migration
 
 
 def _repeats(migration: Migration, scps: dict[str, StorageSCP]) -> dict[str, int]:
@@ -74,11 +90,8 @@ def _wait_for_audit_rows(migration: Migration, count: int, timeout: float = 120)
 def test_overlapping_starts_send_nothing_twice(started: list[subprocess.Popen[Any]], tmp_path: Path,
                                                postgres_url: str) -> None:
     """Two start commands at once share the batches through leases."""
-    scps = _scps(tmp_path, delay=0.05)
-    try:
-        migration = prepare_migration(tmp_path, postgres_url,
-                                      {n: (s.ae_title, s.port) for n, s in scps.items()})
-        plan(migration.settings, migration.sessions)
+    with running_scps(tmp_path, delay=0.05) as scps:
+        migration = _planned(tmp_path, postgres_url, scps)
         first = _start(tmp_path / "migrator.toml", started)
         _wait_for_audit_rows(migration, 3)
         second = _start(tmp_path / "migrator.toml", started)
@@ -86,9 +99,6 @@ def test_overlapping_starts_send_nothing_twice(started: list[subprocess.Popen[An
         # batches whose instances are pending then.
         assert first.wait(timeout=300) in (0, 1)
         assert second.wait(timeout=300) in (0, 1)
-    finally:
-        for scp in scps.values():
-            scp.stop()
     assert None not in migration.outcome_counts()
     assert _repeats(migration, scps) == {}
     with migration.sessions() as session:
@@ -98,11 +108,8 @@ def test_overlapping_starts_send_nothing_twice(started: list[subprocess.Popen[An
 def test_pool_dies_with_killed_start(started: list[subprocess.Popen[Any]], tmp_path: Path,
                                      sqlite_url: str) -> None:
     """SIGKILL to the start process alone stops its pool; the next start finishes the run."""
-    scps = _scps(tmp_path, delay=0.15)
-    try:
-        migration = prepare_migration(tmp_path, sqlite_url,
-                                      {n: (s.ae_title, s.port) for n, s in scps.items()})
-        plan(migration.settings, migration.sessions)
+    with running_scps(tmp_path, delay=0.15) as scps:
+        migration = _planned(tmp_path, sqlite_url, scps)
         first = _start(tmp_path / "migrator.toml", started)
         _wait_for_audit_rows(migration, 6)
         os.kill(first.pid, signal.SIGKILL)
@@ -113,18 +120,14 @@ def test_pool_dies_with_killed_start(started: list[subprocess.Popen[Any]], tmp_p
         assert sum(len(scp.arrivals) for scp in scps.values()) == arrivals_after_kill
         second = _start(tmp_path / "migrator.toml", started)
         assert second.wait(timeout=300) == 0
-    finally:
-        for scp in scps.values():
-            scp.stop()
     assert None not in migration.outcome_counts()
     assert len(_repeats(migration, scps)) <= migration.settings.run.processes
 
 
 def test_silent_destination_fails_fast(tmp_path: Path, sqlite_url: str) -> None:
     """A destination that never responds fails the rest of the batch after three timeouts."""
-    scps = _scps(tmp_path)
-    silent = StorageSCP("MAIN", tmp_path / "silent", [CALLING_AE], delay=30).start()
-    try:
+    with StorageSCP("MAIN", tmp_path / "silent", [CALLING_AE], delay=30) as silent, \
+            running_scps(tmp_path) as scps:
         endpoints = {n: (s.ae_title, s.port) for n, s in scps.items()}
         endpoints["main"] = (silent.ae_title, silent.port)
         migration = prepare_migration(tmp_path, sqlite_url, endpoints)
@@ -137,10 +140,6 @@ def test_silent_destination_fails_fast(tmp_path: Path, sqlite_url: str) -> None:
         started = time.monotonic()
         run_embedded(settings, migration.sessions)
         elapsed = time.monotonic() - started
-    finally:
-        silent.stop()
-        for scp in scps.values():
-            scp.stop()
     images = migration.expected("main")
     outcomes = migration.outcomes()
     assert all(outcomes[(e.root, e.rel_path)] == "failed" for e in images)
@@ -152,8 +151,7 @@ def test_silent_destination_fails_fast(tmp_path: Path, sqlite_url: str) -> None:
 
 def test_no_legacy_matches_stops_the_run(tmp_path: Path, sqlite_url: str) -> None:
     """A query that finds none of the indexed UIDs stops the run before anything is sent."""
-    scps = _scps(tmp_path)
-    try:
+    with running_scps(tmp_path) as scps:
         migration = prepare_migration(tmp_path, sqlite_url,
                                       {n: (s.ae_title, s.port) for n, s in scps.items()})
         query = migration.settings.legacy.query.replace("IN :uids", "IN :uids AND 1 = 0")
@@ -165,9 +163,6 @@ def test_no_legacy_matches_stops_the_run(tmp_path: Path, sqlite_url: str) -> Non
         assert all(not scp.arrivals for scp in scps.values())
         allowed = settings.model_copy(update={"legacy": legacy.model_copy(update={"allow_no_matches": True})})
         run_embedded(allowed, migration.sessions)
-    finally:
-        for scp in scps.values():
-            scp.stop()
     counts = migration.outcome_counts()
     assert counts["sinbinned"] == len(migration.archive.expected) - len(migration.expected("unreadable"))
 
@@ -198,8 +193,7 @@ def test_missing_legacy_file_is_not_created(tmp_path: Path, sqlite_url: str) -> 
 
 def test_wrong_path_prefix_stops_the_run(tmp_path: Path, sqlite_url: str) -> None:
     """A root whose legacy_path_prefix matches no legacy path stops the run before sending."""
-    scps = _scps(tmp_path)
-    try:
+    with running_scps(tmp_path) as scps:
         migration = prepare_migration(tmp_path, sqlite_url,
                                       {n: (s.ae_title, s.port) for n, s in scps.items()})
         text = (tmp_path / "migrator.toml").read_text()
@@ -209,17 +203,13 @@ def test_wrong_path_prefix_stops_the_run(tmp_path: Path, sqlite_url: str) -> Non
         plan(settings, migration.sessions)
         with pytest.raises(LegacyDatabaseError, match="legacy_path_prefix"):
             run_embedded(settings, migration.sessions)
-    finally:
-        for scp in scps.values():
-            scp.stop()
     assert all(not scp.arrivals for scp in scps.values())
 
 
 def test_interrupt_claims_no_more_batches(started: list[subprocess.Popen[Any]], tmp_path: Path,
                                           sqlite_url: str) -> None:
     """Ctrl-C stops sending at once; the next start finishes with at most one repeat per process."""
-    scps = _scps(tmp_path, delay=0.1)
-    try:
+    with running_scps(tmp_path, delay=0.1) as scps:
         migration = prepare_migration(tmp_path, sqlite_url,
                                       {n: (s.ae_title, s.port) for n, s in scps.items()})
         text = (tmp_path / "migrator.toml").read_text()
@@ -244,28 +234,19 @@ def test_interrupt_claims_no_more_batches(started: list[subprocess.Popen[Any]], 
         assert None in migration.outcome_counts(), "the run finished before the interrupt"
         second = _start(tmp_path / "migrator.toml", started)
         assert second.wait(timeout=300) == 0
-    finally:
-        for scp in scps.values():
-            scp.stop()
     assert None not in migration.outcome_counts()
     assert len(_repeats(migration, scps)) <= settings.run.processes
 
 
 def test_rejected_jpeg2000_is_named(tmp_path: Path, sqlite_url: str) -> None:
     """A destination without JPEG 2000 fails those instances with the transfer syntax in the reason."""
-    scps = _scps(tmp_path)
-    plain = StorageSCP("PLAIN", tmp_path / "plain", [CALLING_AE],
-                       transfer_syntaxes=["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]).start()
-    try:
+    with StorageSCP("PLAIN", tmp_path / "plain", [CALLING_AE],
+                    transfer_syntaxes=sorted(PLAIN_SYNTAXES)) as plain, running_scps(tmp_path) as scps:
         endpoints = {n: (s.ae_title, s.port) for n, s in scps.items()}
         endpoints["main"] = (plain.ae_title, plain.port)
         migration = prepare_migration(tmp_path, sqlite_url, endpoints)
         plan(migration.settings, migration.sessions)
         run_embedded(migration.settings, migration.sessions)
-    finally:
-        plain.stop()
-        for scp in scps.values():
-            scp.stop()
     outcomes = migration.outcomes()
     jpeg2000 = [e for e in migration.expected("main") if e.transfer_syntax in JPEG_2000]
     assert jpeg2000
