@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -40,5 +41,19 @@ def demo_command(
     total = sum(result.table.values())
     console.print(f"every one of the {total} files is accounted for and landed where it should; "
                   f"state database and configuration in {folder}")
-    console.print(f"next: cd {folder} and run 'migrator status', 'migrator sinbin list' or "
-                  "'migrator trace PATH-OR-UID' there")
+    command = _own_command()
+    config = folder / "migrator.toml"
+    console.print(f"next: {command} status --config {config}\n"
+                  f"      {command} sinbin list --config {config}\n"
+                  f"      {command} trace PATH-OR-UID --config {config}", highlight=False)
+
+
+def _own_command() -> str:
+    """Return how to call this migrator again from the current folder."""
+    executable = Path(sys.argv[0])
+    if executable.name != "migrator":
+        return "migrator"
+    try:
+        return str(executable.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(executable)
