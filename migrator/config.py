@@ -1,7 +1,7 @@
 """The migration configuration: one TOML file, validated on load.
 
 Passwords never appear in the file. A database section names the environment
-variable that holds its password (``password_env``) and the URL is completed
+variable that contains its password (``password_env``) and the URL is completed
 from the environment when the file is loaded. A URL in the file that carries
 a password is rejected.
 """
@@ -68,7 +68,7 @@ class DatabaseConfig(Frozen):
         if url.password or any(key.lower() == "password" for key in url.query):
             raise ValueError(
                 "the URL contains a password; remove it and name the environment "
-                "variable that holds it in password_env"
+                "variable that contains it in password_env"
             )
         return value
 

@@ -43,7 +43,7 @@ class StorageSCP:
     delay
         Seconds to wait before each response, to play a slow destination.
     transfer_syntaxes
-        Transfer syntaxes it accepts; default every one pynetdicom knows.
+        Transfer syntaxes it accepts; by default every one that pynetdicom supports.
     """
 
     def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str],

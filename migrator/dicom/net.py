@@ -12,7 +12,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def _set_tcp_nodelay(event: evt.Event) -> None:
-    # Nagle's algorithm holds each small PDU back until the peer's delayed
+    # Nagle's algorithm delays each small PDU until the peer's delayed
     # ACK arrives (tens of milliseconds on Linux loopback), which limits a
     # C-STORE loop to about 15-20 images/s. pynetdicom 3.0 leaves it on.
     sock = event.assoc.dul.socket

@@ -90,7 +90,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
 def header_of(ds: Dataset, has_pixel_data: bool, truncated: bool = False) -> Header:
     """Take the index fields from a parsed dataset.
 
-    ``truncated`` tells that the file ended inside the header, which
+    ``truncated`` means that the file ended inside the header, which
     explains a missing UID better than the UID itself.
     """
     missing = [label for keyword, label in REQUIRED.items() if not ds.get(keyword)]

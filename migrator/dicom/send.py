@@ -1,8 +1,8 @@
 """C-STORE to a destination over one association per batch.
 
-The association proposes exactly the (SOP Class, transfer syntax) pairs the
-batch holds, each pair its own presentation context, so every instance
-travels in its stored transfer syntax and nothing is decompressed
+The association proposes exactly the (SOP Class, transfer syntax) pairs of
+the batch, each pair in a presentation context of its own. So every
+instance travels in its stored transfer syntax and nothing is decompressed
 (PS3.7 D.3.2 lets an SCU propose one transfer syntax per context).
 """
 
@@ -38,13 +38,13 @@ ContextKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class StoreResult:
-    """The answer to one C-STORE request."""
+    """The result of one C-STORE request."""
 
     #: "success", "warning" or "failure".
     category: str
     #: The (0000,0900) Status, or None when no response arrived.
     status: int | None
-    #: Why it failed, or the warning's meaning; None on success.
+    #: The failure reason or the warning's meaning; None on success.
     detail: str | None
 
 
@@ -56,8 +56,8 @@ class StoreSession:
     """One association to one destination, reused for a whole batch.
 
     Use as a context manager. When the association drops in the middle of a
-    batch, the next :meth:`store` opens a new one once; if that fails, it
-    raises :class:`DestinationError` and the caller fails the rest.
+    batch, the next :meth:`store` opens a new one. If that fails too, it
+    raises :class:`DestinationError`, and the caller fails the rest.
     """
 
     def __init__(self, calling_ae: str, name: str, destination: DestinationConfig,

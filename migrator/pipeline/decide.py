@@ -1,6 +1,6 @@
 """Reconcile and route the instances of a batch from the index alone.
 
-Files are not read here: the index holds every UID that reconciliation and
+Files are not read here: the index contains every UID that reconciliation and
 routing need, so a batch's decisions cost one legacy query per chunk and no
 disk reads. Header values are compared later, when each file is read to be
 sent.
@@ -25,7 +25,7 @@ from migrator.state.models import Instance, StorageRoot
 
 @dataclass(frozen=True)
 class Decision:
-    """Where one instance goes, and why."""
+    """The routing decision for one instance, with its reconciliation."""
 
     instance: Instance
     root: str

@@ -107,8 +107,8 @@ def prepare(session: Session, retry_failed: bool) -> int:
         else:
             held += 1
     if retry_failed:
-        # Only batches that are done: a batch another run still holds would
-        # be marked done by it with the reset instances left pending. The
+        # Only batches that are done: a batch still leased to another run
+        # would be marked done by that run with the reset instances left pending. The
         # batches go back to the plan first, then their failed instances.
         failed_batches = select(Instance.batch_id).where(Instance.outcome == Outcome.FAILED.value)
         session.execute(update(Batch).where(Batch.status == BatchStatus.DONE.value,

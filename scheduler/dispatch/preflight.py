@@ -28,7 +28,7 @@ def check_legacy_matches(context: RunContext, session: Session) -> None:
     ------
     LegacyDatabaseError
         None of at least ``MIN_SAMPLE`` sampled UIDs of a root has a legacy
-        row, or none of a root's legacy paths maps into that root; setting
+        row, or none of a root's legacy paths maps into that root. Setting
         ``legacy.allow_no_matches`` skips both checks.
     """
     settings = context.settings

@@ -28,7 +28,7 @@ class Limits:
 
 
 class _BatchWriter:
-    """Collects instance ids and writes a batch row when told to flush."""
+    """Collects instance ids and writes them as one batch on :meth:`flush`."""
 
     def __init__(self, session: Session, root_id: int, mode: Mode) -> None:
         self.session = session
