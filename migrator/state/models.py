@@ -24,7 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-UID = String(64)
+#: UIDs and codes as the files carry them. Legacy archives contain values
+#: longer than the 64 characters PS3.5 allows, so no length limit is set.
+UID = Text()
 
 
 class Outcome(str, enum.Enum):
@@ -89,7 +91,7 @@ class Instance(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     study_uid: Mapped[str | None] = mapped_column(UID)
     series_uid: Mapped[str | None] = mapped_column(UID)
-    modality: Mapped[str | None] = mapped_column(String(16))
+    modality: Mapped[str | None] = mapped_column(Text)
     has_pixel_data: Mapped[bool | None] = mapped_column(Boolean)
     #: Why the header could not be read; NULL for a readable file.
     parse_error: Mapped[str | None] = mapped_column(Text)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import pydicom
 from sqlalchemy import select
 
 from migrator.state.models import Batch, Instance
@@ -157,3 +159,20 @@ def test_deleted_files_are_counted_as_gone(tmp_path: Path, sqlite_url: str) -> N
     (migration.archive.roots[victim.root] / victim.rel_path).unlink()
     summaries = plan(migration.settings, migration.sessions)
     assert sum(s.gone for s in summaries) == 1
+
+
+def test_overlong_uid_is_indexed(tmp_path: Path, state_url: str) -> None:
+    """A UID longer than the 64 characters PS3.5 allows is still indexed as it is."""
+    migration = prepare_migration(tmp_path, state_url, ENDPOINTS)
+    sample = migration.expected("main")[0]
+    source = migration.archive.roots[sample.root] / sample.rel_path
+    ds = pydicom.dcmread(source)
+    long_uid = "1.2.826.0.1.3680043.8.498." + "1234567890" * 7
+    ds.SeriesInstanceUID = long_uid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid length, on purpose here
+        ds.save_as(source.with_name("long-uid.dcm"))
+    plan(migration.settings, migration.sessions)
+    rows = [row for row in _instances(migration) if row.rel_path.endswith("long-uid.dcm")]
+    assert len(rows) == 1
+    assert rows[0].series_uid == long_uid
