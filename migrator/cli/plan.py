@@ -55,3 +55,5 @@ def print_summary(summaries: list[RootPlanSummary]) -> None:
     for s in summaries:
         for error in s.folder_errors:
             console.print(f"[yellow]warning:[/yellow] {error}", highlight=False)
+        for link in s.skipped_links:
+            console.print(f"[yellow]warning:[/yellow] {link}", highlight=False)

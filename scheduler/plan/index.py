@@ -46,6 +46,7 @@ class RootIndexSummary:
     changed_after_outcome: int = 0
     #: Indexed files no longer found in a folder that was walked.
     gone: int = 0
+    skipped_links: list[str] = field(default_factory=list)
     folder_errors: list[str] = field(default_factory=list)
 
 
@@ -71,7 +72,7 @@ Task = tuple[int, str, str, list[FileStat], dict[str, tuple[int, int, int, str |
 def _tasks(session: Session, root_id: int, root_path: Path,
            summary: RootIndexSummary) -> Iterator[Task]:
     """Yield the files of each folder that are new or changed since the last run."""
-    for folder, files in iter_folders(root_path, summary.folder_errors):
+    for folder, files in iter_folders(root_path, summary.folder_errors, summary.skipped_links):
         summary.files += len(files)
         stored_folder = storable(folder)
         known = {

@@ -26,6 +26,7 @@ class RootPlanSummary:
     changed: int
     gone: int
     folder_errors: list[str]
+    skipped_links: list[str]
 
 
 def plan(settings: Settings, sessions: sessionmaker[Session], mode: Mode | None = None,
@@ -52,4 +53,4 @@ def _summarize(session: Session, name: str, root_id: int, walked: RootIndexSumma
         Instance.root_id == root_id, Instance.parse_error.is_not(None))) or 0
     batches = session.scalar(select(func.count(Batch.id)).where(Batch.root_id == root_id)) or 0
     return RootPlanSummary(name, files, int(size), studies, batches, unreadable, walked.new,
-                           walked.changed, walked.gone, walked.folder_errors)
+                           walked.changed, walked.gone, walked.folder_errors, walked.skipped_links)

@@ -29,14 +29,18 @@ class ParsedFile:
     parse_error: str | None
 
 
-def iter_folders(root: Path, errors: list[str]) -> Iterator[tuple[str, list[FileStat]]]:
+def iter_folders(root: Path, errors: list[str],
+                 skipped_links: list[str]) -> Iterator[tuple[str, list[FileStat]]]:
     """Yield (folder relative to ``root``, its files) depth first, in name order.
 
     A folder that cannot be listed is appended to ``errors`` with the reason.
 
-    Symbolic links to folders are not followed, so a link loop or a link out
-    of the root cannot make the walk leave the root or never end.
+    A symbolic link to a file inside the root is indexed under the link's
+    name. Other links (to folders, out of the root, or broken) are not
+    followed, so a link loop or a link out of the root cannot make the walk
+    leave the root or never end. They are appended to ``skipped_links``.
     """
+    real_root = root.resolve()
     stack = [""]
     while stack:
         folder = stack.pop()
@@ -51,6 +55,15 @@ def iter_folders(root: Path, errors: list[str]) -> Iterator[tuple[str, list[File
                     elif entry.is_file(follow_symlinks=False):
                         stat = entry.stat(follow_symlinks=False)
                         files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
+                    elif entry.is_symlink():
+                        target = Path(entry.path).resolve()
+                        if target.is_file() and target.is_relative_to(real_root):
+                            stat = entry.stat()
+                            files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
+                        else:
+                            skipped_links.append(
+                                f"{entry.path}: symbolic link to {target}, which is not a file "
+                                "inside the root; not followed")
         except OSError as exc:
             errors.append(f"{root / folder}: cannot list the folder: {exc.strerror or exc}")
             continue

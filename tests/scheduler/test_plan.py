@@ -176,3 +176,22 @@ def test_overlong_uid_is_indexed(tmp_path: Path, state_url: str) -> None:
     rows = [row for row in _instances(migration) if row.rel_path.endswith("long-uid.dcm")]
     assert len(rows) == 1
     assert rows[0].series_uid == long_uid
+
+
+def test_symbolic_links(tmp_path: Path, sqlite_url: str) -> None:
+    """A link to a file in the root is indexed; loops and links out of the root are reported."""
+    migration = prepare_migration(tmp_path, sqlite_url, ENDPOINTS)
+    sample = migration.expected("main")[0]
+    root = migration.archive.roots[sample.root]
+    (root / "inside-link.dcm").symlink_to(root / sample.rel_path)
+    outside = tmp_path / "outside.dcm"
+    shutil.copy(root / sample.rel_path, outside)
+    (root / "outside-link.dcm").symlink_to(outside)
+    (root / "loop").symlink_to(root)
+    summaries = {s.root: s for s in plan(migration.settings, migration.sessions)}
+    rel_paths = {row.rel_path for row in _instances(migration)}
+    assert "inside-link.dcm" in rel_paths
+    assert "outside-link.dcm" not in rel_paths
+    skipped = summaries[sample.root].skipped_links
+    assert any("outside-link.dcm" in line for line in skipped)
+    assert any(line.split(":")[0].endswith("/loop") for line in skipped)
