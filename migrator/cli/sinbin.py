@@ -38,6 +38,11 @@ def list_command(config: ConfigOption = DEFAULT_CONFIG, reason: Reason = None, r
         table.add_row(str(row.item.id), row.root, row.instance.rel_path, row.item.reason,
                       "archive" if row.item.archived else "on disk", row.item.released_to or "")
     out.print(table)
+    if not rows and reason:
+        with context.sessions() as session:
+            known = sorted({item.item.reason.split(":", 1)[0] for item in list_items(session)})
+        console.print(f"no item has a reason starting with {reason!r}; reasons in the sin bin: "
+                      f"{', '.join(known) or 'none'}", highlight=False)
 
 
 @sinbin_app.command("release")

@@ -46,16 +46,15 @@ def print_trace(trace: Trace) -> None:
         out(f"  batch      {trace.batch.id} ({trace.batch.mode}, #{trace.batch.seq} of its root, "
             f"{trace.batch.status})", highlight=False)
     for entry in trace.audit:
+        when = f"{entry.finished_at:%Y-%m-%d %H:%M:%S}"
         if entry.destination is None:
-            status = "not sent"
-        elif entry.dimse_status is None:
-            status = "no response"
+            out(f"  {when} {entry.outcome}, not sent (rule: {entry.route_rule or '-'}) on host "
+                f"{entry.host}", highlight=False)
         else:
-            status = f"0x{entry.dimse_status:04X}"
-        out(f"  {entry.finished_at:%Y-%m-%d %H:%M:%S} {entry.outcome}"
-            f" to {entry.destination or '-'} (rule: {entry.route_rule or '-'}, "
-            f"reconciliation: {entry.reconciliation or '-'}, DIMSE status: {status}) on {entry.host}",
-            highlight=False)
+            status = "no response" if entry.dimse_status is None else f"0x{entry.dimse_status:04X}"
+            out(f"  {when} {entry.outcome} to {entry.destination} (rule: {entry.route_rule or '-'}, "
+                f"reconciliation: {entry.reconciliation or '-'}, DIMSE status: {status}) on host "
+                f"{entry.host}", highlight=False)
         if entry.reason:
             out(f"      reason: {entry.reason}", highlight=False)
         for change in entry.changes or []:

@@ -125,3 +125,22 @@ def test_status_counts_the_last_hour(migrated, tmp_path: Path) -> None:
     result = _migrator(tmp_path / "migrator.toml", "status")
     assert result.returncode == 0, result.stderr
     assert f"instances delivered in the last hour: {delivered}" in result.stdout
+
+
+def test_list_unknown_reason_names_known_ones(migrated, tmp_path: Path) -> None:
+    """A reason that matches nothing gets the list of reasons the sin bin has."""
+    result = _migrator(tmp_path / "migrator.toml", "sinbin", "list", "--reason", "bogus")
+    assert result.returncode == 0, result.stderr
+    assert "no item has a reason starting with 'bogus'" in result.stderr
+    assert "orphan" in result.stderr
+    assert "excluded_study" in result.stderr
+
+
+def test_trace_unreadable_file(migrated, tmp_path: Path) -> None:
+    """Tracing an unreadable file shows its parse error and that it was never sent."""
+    migration, _ = migrated
+    expected = migration.expected("unreadable")[0]
+    result = _migrator(tmp_path / "migrator.toml", "trace", f"{expected.root}/{expected.rel_path}")
+    assert result.returncode == 0, result.stderr
+    assert "unreadable, not sent" in result.stdout
+    assert "DIMSE status" not in result.stdout
