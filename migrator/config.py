@@ -13,6 +13,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -197,6 +198,43 @@ class RunConfig(Frozen):
     processes: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
 
 
+class BrokerConfig(Frozen):
+    """The Celery broker of the distributed mode; without it, runs are embedded."""
+
+    #: A Redis URL without a password, for example ``redis://10.1.2.5:6379/0``.
+    url: str = Field(pattern=r"^rediss?://")
+    #: Environment variable holding the Redis password, if it needs one.
+    password_env: str | None = None
+    #: Queue names are ``PREFIX.ROOT``, one queue per storage root.
+    queue_prefix: str = Field(default="migrator", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Batches queued or running per root at once; the broker never holds the plan.
+    max_in_flight_per_root: int = Field(default=4, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_no_password(cls, value: str) -> str:
+        if urlsplit(value).password or "password=" in urlsplit(value).query:
+            raise ValueError("the broker URL contains a password; remove it and name the "
+                             "environment variable that contains it in password_env")
+        return value
+
+    def broker_url(self) -> str:
+        """Return the URL with the password taken from the environment."""
+        if not self.password_env:
+            return self.url
+        password = os.environ.get(self.password_env)
+        if password is None:
+            raise ConfigError(f"environment variable {self.password_env} is not set; it must "
+                              f"contain the password for the broker {self.url}")
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://:{quote(password, safe='')}@{rest}"
+
+    def queue(self, root: str) -> str:
+        return f"{self.queue_prefix}.{root}"
+
+
+
+
 class Settings(Frozen):
     """The whole configuration file."""
 
@@ -208,6 +246,8 @@ class Settings(Frozen):
     routing: RoutingConfig = RoutingConfig()
     batches: BatchConfig = BatchConfig()
     run: RunConfig = RunConfig()
+    #: The distributed mode's broker; None runs batches on a local pool.
+    broker: BrokerConfig | None = None
     #: Directory of the configuration file; relative paths are resolved here.
     base_dir: Path = Path(".")
 

@@ -1,1 +1,1 @@
-"""The Celery application for the distributed mode; the embedded mode does not need it."""
+"""The Celery application of the distributed mode; the embedded mode does not need it."""

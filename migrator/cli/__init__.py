@@ -60,6 +60,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at 
 
 
 def main() -> None:
-    from migrator.cli import config_cmd, demo, plan, sinbin, start, status, trace  # noqa: F401
+    from migrator.cli import (  # noqa: F401
+        config_cmd,
+        demo,
+        plan,
+        sinbin,
+        start,
+        status,
+        trace,
+        worker,
+    )
 
     app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated
 
 import typer
@@ -17,6 +18,7 @@ from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from migrator.status import PENDING, read_status
+from scheduler.dispatch.distributed import run_distributed
 from scheduler.dispatch.embedded import run_embedded
 
 
@@ -26,16 +28,28 @@ def start_command(
     retry_failed: Annotated[bool, typer.Option(
         help="Try again every instance whose outcome is 'failed'.")] = False,
 ) -> None:
-    """Migrate every planned batch on a local process pool; run again to resume."""
+    """Migrate every planned batch; run again to resume.
+
+    Without a [broker] section batches run on a local process pool; with one,
+    they are fed to the Celery workers of each root's queue.
+    """
     settings = load(config)
+    totals: Counter[str] = Counter()
     try:
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
         with Progress(TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as progress:
             task = progress.add_task("instances", total=None)
-            totals = run_embedded(settings, sessions, retry_failed,
-                                  on_batch=lambda result, size: progress.advance(task, size),
-                                  on_start=lambda total: progress.update(task, total=total))
+            if settings.broker is not None:
+                with sessions() as session:
+                    progress.update(task, total=read_status(session).totals().get(PENDING, 0))
+                run_distributed(settings, sessions, retry_failed,
+                                on_progress=lambda pending: progress.update(
+                                    task, completed=(progress.tasks[0].total or 0) - pending))
+            else:
+                totals = run_embedded(settings, sessions, retry_failed,
+                                      on_batch=lambda result, size: progress.advance(task, size),
+                                      on_start=lambda total: progress.update(task, total=total))
     except KeyboardInterrupt:
         console.print("interrupted; run 'migrator start' again to resume")
         raise typer.Exit(130) from None
@@ -43,10 +57,12 @@ def start_command(
         raise fail(exc) from None
     with sessions() as session:
         status = read_status(session).totals()
-    if not totals:
+    if not totals and settings.broker is None:
         console.print("nothing to migrate: no planned batch left. Run 'migrator plan' for new files"
                       + (f", or 'migrator start --retry-failed' for the {status['failed']} failed "
                          "instance(s)" if status.get("failed") else ""))
+    elif settings.broker is not None:
+        console.print("outcomes so far: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
     else:
         console.print("outcomes of this run: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))

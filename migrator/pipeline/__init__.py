@@ -2,4 +2,7 @@
 
 from migrator.pipeline.batch import BatchResult, migrate_batch
 
-__all__ = ["BatchResult", "migrate_batch"]
+#: The Celery task name under which workers run ``migrate_batch``.
+MIGRATE_BATCH_TASK = "migrator.migrate_batch"
+
+__all__ = ["MIGRATE_BATCH_TASK", "BatchResult", "migrate_batch"]

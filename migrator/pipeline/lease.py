@@ -9,9 +9,10 @@ is not renewed expires and another worker may take the batch over.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from migrator import audit
@@ -32,13 +33,22 @@ class LeaseLost(MigratorError):
 
 
 def claim(session: Session, batch_id: int, owner: str) -> Lease | None:
-    """Take the batch's lease atomically; None if it is done or leased to another."""
+    """Take the batch's lease atomically; None if it is done or leased to another.
+
+    A batch leased to a process of this host that no longer runs is taken
+    over at once rather than after its lease expires: a worker killed in
+    the middle of a batch is redelivered its message straight away.
+    """
     now = audit.now()
+    claimable = or_(Batch.status.in_([BatchStatus.PLANNED.value, BatchStatus.QUEUED.value]),
+                    and_(Batch.status == BatchStatus.RUNNING.value, Batch.lease_expires < now))
+    current = session.scalar(select(Batch.lease_owner).where(
+        Batch.id == batch_id, Batch.status == BatchStatus.RUNNING.value))
+    if current and owner_is_gone(current):
+        LOGGER.warning("batch %d was leased to %s, which no longer runs; taking it over", batch_id, current)
+        claimable = or_(claimable, Batch.lease_owner == current)
     result = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id)
-        .where(or_(Batch.status == BatchStatus.PLANNED.value,
-                   and_(Batch.status == BatchStatus.RUNNING.value, Batch.lease_expires < now)))
+        update(Batch).where(Batch.id == batch_id).where(claimable)
         .values(status=BatchStatus.RUNNING.value, lease_owner=owner, lease_expires=now + LEASE,
                 attempts=Batch.attempts + 1, started_at=now)
     )
@@ -46,6 +56,33 @@ def claim(session: Session, batch_id: int, owner: str) -> Lease | None:
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
     return Lease(batch_id, owner, now)
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """Tell whether a lease owner ("host:pid") is a process of this host that no longer runs."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != audit.HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    # A killed process whose parent died too stays a zombie where nothing
+    # reaps orphans (a container without an init process); it runs no code.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
 
 
 class Lease:

@@ -51,6 +51,8 @@ DELIVERED = (Outcome.SENT, Outcome.SENT_WITH_WARNING, Outcome.SINBINNED)
 
 class BatchStatus(str, enum.Enum):
     PLANNED = "planned"
+    #: Sent to a worker queue in the distributed mode, not yet claimed.
+    QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
 

@@ -27,6 +27,7 @@ from migrator.config import Settings
 from migrator.context import RunContext
 from migrator.errors import MigratorError
 from migrator.pipeline import BatchResult, migrate_batch
+from migrator.pipeline.lease import owner_is_gone
 from migrator.state.models import Batch, BatchStatus, Instance, Outcome
 from scheduler.dispatch.preflight import check_legacy_matches
 
@@ -62,32 +63,6 @@ def _run_batch(batch_id: int) -> BatchResult:
     return migrate_batch(_CONTEXT, batch_id)
 
 
-def _owner_is_gone(owner: str | None) -> bool:
-    """Tell whether a lease owner ("host:pid") is a process of this host that no longer runs."""
-    if not owner or ":" not in owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != audit.HOST or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _is_zombie(int(pid))
-
-
-def _is_zombie(pid: int) -> bool:
-    # A killed process whose parent died too stays a zombie where nothing
-    # reaps orphans (a container without an init process); it runs no code.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def prepare(session: Session, retry_failed: bool) -> int:
     """Return interrupted batches to the plan and, if asked, failed instances too.
 
@@ -100,7 +75,7 @@ def prepare(session: Session, retry_failed: bool) -> int:
     for batch_id, owner, expires in session.execute(
             select(Batch.id, Batch.lease_owner, Batch.lease_expires)
             .where(Batch.status == BatchStatus.RUNNING.value)):
-        if _owner_is_gone(owner) or (expires is not None and _aware(expires) < now):
+        if owner_is_gone(owner) or (expires is not None and _aware(expires) < now):
             session.execute(update(Batch).where(Batch.id == batch_id, Batch.lease_owner == owner)
                             .values(status=BatchStatus.PLANNED.value, lease_owner=None,
                                     lease_expires=None))

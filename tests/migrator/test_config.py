@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from migrator.config import (
     SINBIN,
+    BrokerConfig,
     ReconcileOutcome,
     default_rules,
     load_settings,
@@ -302,3 +304,21 @@ class TestMessages:
 
         assert "Value error" not in message
         assert "legacy.query: the query must filter with 'IN :uids'" in message
+
+
+class TestBroker:
+    def test_broker_password_rejected(self) -> None:
+        """A Redis URL with a password in it is rejected."""
+        with pytest.raises(ValidationError, match="broker URL contains a password"):
+            BrokerConfig(url="redis://:secret@127.0.0.1:6379/0")
+
+    def test_broker_password_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """password_env supplies the Redis password, URL-quoted."""
+        monkeypatch.setenv("TEST_REDIS_PASSWORD", "p@ss/word")
+        broker = BrokerConfig(url="redis://127.0.0.1:6379/0", password_env="TEST_REDIS_PASSWORD")
+        assert broker.broker_url() == "redis://:p%40ss%2Fword@127.0.0.1:6379/0"
+
+    def test_queue_per_root(self) -> None:
+        """Each storage root has its own queue under the prefix."""
+        assert BrokerConfig(url="redis://127.0.0.1:6379/0", queue_prefix="site1").queue("share03") == \
+            "site1.share03"

@@ -1,0 +1,116 @@
+"""The distributed mode: planned batches fed to Celery workers, a queue per storage root.
+
+The dispatcher keeps at most ``broker.max_in_flight_per_root`` batches
+queued or running per root, so the broker never holds the whole plan, and
+feeds each root's batches in stripe order. Progress is read from the state
+database, not from task results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator import audit
+from migrator.config import Settings
+from migrator.context import RunContext
+from migrator.pipeline import MIGRATE_BATCH_TASK
+from migrator.state.models import Batch, BatchStatus, Instance, StorageRoot
+from scheduler.dispatch.embedded import prepare
+from scheduler.dispatch.preflight import check_legacy_matches
+
+LOGGER = logging.getLogger(__name__)
+
+#: A batch queued this long without a worker claiming it is sent again,
+#: because its message was lost (a broker restarted without persistence).
+REQUEUE_AFTER = timedelta(hours=1)
+ACTIVE = [BatchStatus.QUEUED.value, BatchStatus.RUNNING.value]
+
+Send = Callable[[int, str], None]
+
+
+def celery_sender(settings: Settings) -> Send:
+    """Return a function that queues a batch id on its root's queue."""
+    assert settings.broker is not None
+    app = Celery("pacs_migrator_dispatch", broker=settings.broker.broker_url())
+    app.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
+
+    def send(batch_id: int, queue: str) -> None:
+        app.send_task(MIGRATE_BATCH_TASK, args=[batch_id], queue=queue)
+
+    return send
+
+
+def _pending(session: Session) -> int:
+    return session.scalar(select(func.count(Instance.id)).join(Batch, Batch.id == Instance.batch_id)
+                          .where(Instance.outcome.is_(None))) or 0
+
+
+def _requeue_lost(session: Session) -> None:
+    stale = audit.now() - REQUEUE_AFTER
+    session.execute(update(Batch).where(Batch.status == BatchStatus.QUEUED.value,
+                                        Batch.started_at < stale)
+                    .values(status=BatchStatus.PLANNED.value))
+    session.commit()
+
+
+def feed(session: Session, settings: Settings, send: Send) -> int:
+    """Queue planned batches up to each root's limit; return how many were sent."""
+    assert settings.broker is not None
+    limit = settings.broker.max_in_flight_per_root
+    sent = 0
+    for root_id, name in session.execute(select(StorageRoot.id, StorageRoot.name).order_by(StorageRoot.id)):
+        active = session.scalar(select(func.count(Batch.id))
+                                .where(Batch.root_id == root_id, Batch.status.in_(ACTIVE))) or 0
+        if active >= limit:
+            continue
+        ids = session.scalars(select(Batch.id).where(Batch.root_id == root_id,
+                                                     Batch.status == BatchStatus.PLANNED.value)
+                              .order_by(Batch.seq).limit(limit - active)).all()
+        for batch_id in ids:
+            # Mark first, then send: a crash in between leaves a queued batch
+            # that is sent again after REQUEUE_AFTER, never a lost one.
+            result = session.execute(update(Batch).where(Batch.id == batch_id,
+                                                         Batch.status == BatchStatus.PLANNED.value)
+                                     .values(status=BatchStatus.QUEUED.value, started_at=audit.now()))
+            session.commit()
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                send(batch_id, settings.broker.queue(name))
+                sent += 1
+    return sent
+
+
+def run_distributed(settings: Settings, sessions: sessionmaker[Session], retry_failed: bool = False,
+                    send: Send | None = None, poll_seconds: float = 1.0,
+                    on_progress: Callable[[int], None] | None = None,
+                    timeout: float | None = None) -> int:
+    """Feed every planned batch to the workers and wait until none is pending.
+
+    Returns the number of instances still pending when ``timeout`` (seconds)
+    ran out, 0 when the run finished.
+    """
+    context = RunContext.open(settings)
+    send = send or celery_sender(settings)
+    with sessions() as session:
+        prepare(session, retry_failed)
+        check_legacy_matches(context, session)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            prepare(session, retry_failed=False)  # takes back batches of workers that died
+            _requeue_lost(session)
+            feed(session, settings, send)
+            pending = _pending(session)
+        if on_progress:
+            on_progress(pending)
+        if not pending:
+            return 0
+        if deadline is not None and time.monotonic() > deadline:
+            return pending
+        time.sleep(poll_seconds)

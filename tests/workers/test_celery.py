@@ -1,0 +1,179 @@
+"""The distributed mode with real Celery worker processes on Redis and PostgreSQL state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from migrator.config import load_settings
+from migrator.demo.scp import StorageSCP
+from migrator.state.models import AuditEntry, Batch, Instance, StorageRoot
+from scheduler.dispatch.distributed import celery_sender, run_distributed
+from scheduler.plan.run import plan
+from tests.support import CALLING_AE, Migration, prepare_migration
+
+REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[Any]]]:
+    """Worker processes a test starts, stopped with their process group afterwards."""
+    started: list[subprocess.Popen[Any]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _start_worker(config: Path, roots: str, started: list[subprocess.Popen[Any]],
+                  log: Path) -> subprocess.Popen[Any]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "migrator", "worker", "--config", str(config), "--roots", roots,
+         "--concurrency", "1"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    started.append(process)
+    return process
+
+
+def _distributed(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP]) -> Migration:
+    """Prepare the demo archive with a [broker] section whose queues only this test uses."""
+    migration = prepare_migration(tmp_path, state_url,
+                                  {name: (scp.ae_title, scp.port) for name, scp in scps.items()})
+    config = tmp_path / "migrator.toml"
+    config.write_text(config.read_text().replace("max_instances = 20", "max_instances = 5")
+                      + f'\n[broker]\nurl = "{REDIS_URL}"\nqueue_prefix = "test-{uuid.uuid4().hex[:10]}"\n'
+                      "max_in_flight_per_root = 2\n")
+    migration.settings = load_settings(config)
+    plan(migration.settings, migration.sessions)
+    return migration
+
+
+def _outcomes_by_root(migration: Migration) -> dict[str, Counter[str | None]]:
+    with migration.sessions() as session:
+        rows = session.execute(select(StorageRoot.name, Instance.outcome)
+                               .join(StorageRoot, StorageRoot.id == Instance.root_id))
+        result: dict[str, Counter[str | None]] = {}
+        for root, outcome in rows:
+            result.setdefault(root, Counter())[outcome] += 1
+        return result
+
+
+@pytest.fixture
+def scps(tmp_path: Path) -> Iterator[dict[str, StorageSCP]]:
+    running = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE]).start()
+               for name in ("main", "nonpixel", "sinbin")}
+    yield running
+    for scp in running.values():
+        scp.stop()
+
+
+def _repeats(migration: Migration, scps: dict[str, StorageSCP]) -> dict[str, int]:
+    arrivals = Counter(uid for scp in scps.values() for uid in scp.arrivals)
+    duplicate_uids = {e.sop_instance_uid for e in migration.expected("sinbin") if e.reason == "duplicate"}
+    return {uid: n for uid, n in arrivals.items() if n > 1 and not (uid in duplicate_uids and n == 2)}
+
+
+def test_queues_per_root_are_honoured(workers, scps, tmp_path: Path, postgres_url: str) -> None:
+    """A worker serves only its roots' queues; a second worker finishes the third root."""
+    migration = _distributed(tmp_path, postgres_url, scps)
+    config = tmp_path / "migrator.toml"
+    _start_worker(config, "root1,root2", workers, tmp_path / "worker-a.log")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run_distributed(migration.settings, migration.sessions, timeout=2, poll_seconds=0.5)
+        by_root = _outcomes_by_root(migration)
+        if None not in by_root["root1"] and None not in by_root["root2"]:
+            break
+    by_root = _outcomes_by_root(migration)
+    assert None not in by_root["root1"], (tmp_path / "worker-a.log").read_text()[-3000:]
+    assert None not in by_root["root2"]
+    readable_root3 = sum(n for outcome, n in by_root["root3"].items() if outcome != "unreadable")
+    assert by_root["root3"][None] == readable_root3
+
+    _start_worker(config, "root3", workers, tmp_path / "worker-b.log")
+    pending = run_distributed(migration.settings, migration.sessions, timeout=120, poll_seconds=0.5)
+    assert pending == 0, (tmp_path / "worker-b.log").read_text()[-3000:]
+    assert None not in migration.outcome_counts()
+    assert _repeats(migration, scps) == {}
+
+
+def test_second_delivery_does_nothing(workers, scps, tmp_path: Path, postgres_url: str) -> None:
+    """The same batch message delivered twice migrates the batch once."""
+    migration = _distributed(tmp_path, postgres_url, scps)
+    _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers, tmp_path / "worker.log")
+    with migration.sessions() as session:
+        batch_id, root = session.execute(select(Batch.id, StorageRoot.name)
+                                         .join(StorageRoot, StorageRoot.id == Batch.root_id)
+                                         .order_by(Batch.id).limit(1)).one()
+    assert migration.settings.broker is not None
+    send = celery_sender(migration.settings)
+    queue = migration.settings.broker.queue(root)
+    send(batch_id, queue)
+    send(batch_id, queue)
+    pending = run_distributed(migration.settings, migration.sessions, timeout=120, poll_seconds=0.5)
+    assert pending == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    with migration.sessions() as session:
+        audit_rows = Counter(session.scalars(
+            select(AuditEntry.instance_id).join(Instance, Instance.id == AuditEntry.instance_id)
+            .where(Instance.batch_id == batch_id)))
+    assert audit_rows
+    assert set(audit_rows.values()) == {1}
+    assert _repeats(migration, scps) == {}
+
+
+def _children(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in result.stdout.split()]
+
+
+def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: str) -> None:
+    """SIGKILL of the process running a batch: the batch is redelivered and finished.
+
+    At most the one instance in flight at the kill reaches the destination twice.
+    """
+    slow = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=0.2).start()
+            for name in ("main", "nonpixel", "sinbin")}
+    try:
+        migration = _distributed(tmp_path, postgres_url, slow)
+        worker = _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers,
+                               tmp_path / "worker.log")
+        killed = False
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            run_distributed(migration.settings, migration.sessions, timeout=0.5, poll_seconds=0.25)
+            with migration.sessions() as session:
+                running = session.scalar(select(Batch.lease_owner).where(Batch.status == "running"))
+                sent = session.scalar(select(AuditEntry.id).limit(1).offset(2))
+            children = _children(worker.pid)
+            if running and sent and children:
+                owner_pid = int(running.rpartition(":")[2])
+                if owner_pid in children:
+                    os.kill(owner_pid, signal.SIGKILL)
+                    killed = True
+        assert killed, (tmp_path / "worker.log").read_text()[-3000:]
+        pending = run_distributed(migration.settings, migration.sessions, timeout=180, poll_seconds=0.5)
+        assert pending == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        for scp in slow.values():
+            scp.stop()
+    assert None not in migration.outcome_counts()
+    assert len(_repeats(migration, slow)) <= 1
+    with migration.sessions() as session:
+        attempts = session.scalars(select(Batch.attempts).where(Batch.attempts > 1)).all()
+    assert attempts, "no batch was claimed a second time; the kill hit no running batch"
