@@ -8,6 +8,7 @@ a password is rejected.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import os
 import tomllib
@@ -198,6 +199,31 @@ class RunConfig(Frozen):
     processes: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Window(Frozen):
+    """A time-of-day window with its own in-flight limit, in the dispatcher's local time."""
+
+    start: dt.time
+    #: May be earlier than start for a window across midnight (22:00 to 06:00).
+    end: dt.time
+    #: Days on which the window starts; a window across midnight ends the next day.
+    days: list[Weekday] = WEEKDAYS
+    #: Batches queued or running per root inside the window; 0 pauses dispatch.
+    max_in_flight_per_root: int = Field(ge=0)
+
+    def contains(self, moment: dt.datetime) -> bool:
+        """Tell whether ``moment`` (local time) falls inside the window."""
+        now = moment.time()
+        today = WEEKDAYS[moment.weekday()]
+        yesterday = WEEKDAYS[(moment.weekday() - 1) % 7]
+        if self.start <= self.end:
+            return today in self.days and self.start <= now < self.end
+        return (today in self.days and now >= self.start) or (yesterday in self.days and now < self.end)
+
+
 class BrokerConfig(Frozen):
     """The Celery broker of the distributed mode; without it, runs are embedded."""
 
@@ -209,6 +235,9 @@ class BrokerConfig(Frozen):
     queue_prefix: str = Field(default="migrator", pattern=r"^[A-Za-z0-9_.-]+$")
     #: Batches queued or running per root at once; the broker never holds the plan.
     max_in_flight_per_root: int = Field(default=4, ge=1)
+    #: Other limits at certain hours, for example fewer batches during
+    #: clinical hours. The first window that contains the time applies.
+    windows: list[Window] = []
 
     @field_validator("url")
     @classmethod
@@ -231,6 +260,13 @@ class BrokerConfig(Frozen):
 
     def queue(self, root: str) -> str:
         return f"{self.queue_prefix}.{root}"
+
+    def in_flight_limit(self, moment: dt.datetime) -> int:
+        """Return the per-root in-flight limit at ``moment`` (local time)."""
+        for window in self.windows:
+            if window.contains(moment):
+                return window.max_in_flight_per_root
+        return self.max_in_flight_per_root
 
 
 

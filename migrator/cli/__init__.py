@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -59,16 +60,16 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at 
     setup_logging(verbose)
 
 
-def main() -> None:
-    from migrator.cli import (  # noqa: F401
-        config_cmd,
-        demo,
-        plan,
-        sinbin,
-        start,
-        status,
-        trace,
-        worker,
-    )
+#: Modules that register subcommands on ``app`` when imported.
+COMMAND_MODULES = ["config_cmd", "control", "demo", "plan", "sinbin", "start", "status", "trace", "worker"]
 
-    app()
+
+def load_commands() -> typer.Typer:
+    """Import every subcommand module and return the application with all commands."""
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"migrator.cli.{module}")
+    return app
+
+
+def main() -> None:
+    load_commands()()

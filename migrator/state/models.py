@@ -163,3 +163,15 @@ class SinBinItem(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     released_to: Mapped[str | None] = mapped_column(String(100))
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RunControl(Base):
+    """A switch that every dispatcher reads, such as pausing the run."""
+
+    __tablename__ = "run_controls"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The host and user that set it, for the audit of operator actions.
+    updated_by: Mapped[str] = mapped_column(String(255))

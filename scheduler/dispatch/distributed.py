@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import func, select, update
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator import audit
 from migrator.config import Settings
 from migrator.context import RunContext
+from migrator.controls import is_paused
 from migrator.pipeline import MIGRATE_BATCH_TASK
 from migrator.state.models import Batch, BatchStatus, Instance, StorageRoot
 from scheduler.dispatch.embedded import prepare
@@ -60,10 +61,16 @@ def _requeue_lost(session: Session) -> None:
     session.commit()
 
 
-def feed(session: Session, settings: Settings, send: Send) -> int:
-    """Queue planned batches up to each root's limit; return how many were sent."""
+def feed(session: Session, settings: Settings, send: Send, moment: datetime | None = None) -> int:
+    """Queue planned batches up to each root's limit; return how many were sent.
+
+    Nothing is sent while the run is paused. The limit is the one of the
+    time window that contains ``moment`` (default: now, local time).
+    """
     assert settings.broker is not None
-    limit = settings.broker.max_in_flight_per_root
+    if is_paused(session):
+        return 0
+    limit = settings.broker.in_flight_limit(moment or datetime.now())
     sent = 0
     for root_id, name in session.execute(select(StorageRoot.id, StorageRoot.name).order_by(StorageRoot.id)):
         active = session.scalar(select(func.count(Batch.id))

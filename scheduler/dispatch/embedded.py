@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator import audit
 from migrator.config import Settings
 from migrator.context import RunContext
+from migrator.controls import is_paused
 from migrator.errors import MigratorError
 from migrator.pipeline import BatchResult, migrate_batch
 from migrator.pipeline.lease import owner_is_gone
@@ -33,6 +35,8 @@ from scheduler.dispatch.preflight import check_legacy_matches
 
 LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: How often a paused run checks whether it was resumed.
+PAUSE_POLL_SECONDS = 2.0
 
 _CONTEXT: RunContext | None = None
 
@@ -147,7 +151,7 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
                                initargs=(settings, os.getpid()))
     try:
-        _dispatch(pool, processes, batches, totals, on_batch)
+        _dispatch(pool, processes, batches, totals, on_batch, sessions)
     except BrokenProcessPool as exc:
         raise MigratorError(
             f"a migration process died ({exc}); run 'migrator start' again to resume") from None
@@ -161,21 +165,38 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     return totals
 
 
+def _still_paused(sessions: sessionmaker[Session], was_paused: bool) -> bool:
+    with sessions() as session:
+        paused = is_paused(session)
+    if paused and not was_paused:
+        LOGGER.warning("the run is paused: running batches finish, no new batch starts until "
+                       "'migrator resume'")
+    elif was_paused and not paused:
+        LOGGER.info("the run was resumed")
+    return paused
+
+
 def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int, int]],
-              totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None) -> None:
+              totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
+              sessions: sessionmaker[Session]) -> None:
     """Keep two batches per process queued until every batch has run."""
     sizes = dict(batches)
     queue = iter(batches)
     pending: set[Future[BatchResult]] = set()
+    paused = False
     while True:
-        while len(pending) < processes * 2:
+        paused = _still_paused(sessions, paused)
+        while not paused and len(pending) < processes * 2:
             nxt = next(queue, None)
             if nxt is None:
                 break
             pending.add(pool.submit(_run_batch, nxt[0]))
+        if not pending and paused:
+            time.sleep(PAUSE_POLL_SECONDS)
+            continue
         if not pending:
             return
-        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        finished, pending = wait(pending, timeout=PAUSE_POLL_SECONDS, return_when=FIRST_COMPLETED)
         for future in finished:
             result = future.result()
             totals.update(result.outcomes)
