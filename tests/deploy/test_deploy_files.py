@@ -263,9 +263,8 @@ def test_celery_app_resolves_with_example_config() -> None:
 
 
 def test_flower_commands_use_app_and_known_options() -> None:
-    from tornado.options import options
-
     import flower.options  # noqa: F401  (defines Flower's options)
+    from tornado.options import options
 
     defined = set(options._options)
     for source, tokens in celery_flower_commands():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from scheduler.dispatch.embedded import run_embedded
 from scheduler.plan.run import plan
 from tests.support import CALLING_AE, Migration, prepare_migration
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 MONDAY_NOON = dt.datetime(2026, 12, 7, 12, 0)
 MONDAY_NIGHT = dt.datetime(2026, 12, 7, 23, 0)
 
