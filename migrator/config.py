@@ -148,6 +148,12 @@ class DestinationConfig(Frozen):
     dimse_timeout: float = Field(default=120, gt=0)
     #: Maximum PDU size we offer to receive; 0 means unlimited.
     max_pdu: int = Field(default=0, ge=0)
+    #: Associations open at once across every worker; needs [broker]. None
+    #: means no limit beyond the number of worker processes.
+    max_associations: int | None = Field(default=None, ge=1)
+    #: Seconds a worker waits for a free association slot before the
+    #: instances fail with that reason.
+    association_wait: float = Field(default=300, gt=0)
 
 
 class RouteRule(Frozen):

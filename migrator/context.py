@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.audit import HOST
 from migrator.config import Settings
+from migrator.dicom.limit import AssociationLimiter
 from migrator.reconcile.legacy import LegacyDatabase
 from migrator.reconcile.outcome import PathMapper
 from migrator.route import Router, load_exclusion_list
@@ -28,6 +29,8 @@ class RunContext:
     #: Identifies this process in batch leases.
     owner: str = field(default_factory=lambda: f"{HOST}:{os.getpid()}")
     steps: list[Step] = field(default_factory=lambda: [correct_from_legacy])
+    #: Shares max_associations across workers; None without a broker.
+    limiter: AssociationLimiter | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> RunContext:
@@ -39,4 +42,6 @@ class RunContext:
             router=Router(settings),
             excluded_studies=load_exclusion_list(settings),
             mapper=PathMapper(settings.roots, settings.legacy.paths_case_insensitive),
+            limiter=(AssociationLimiter(settings.broker.broker_url(), settings.broker.queue_prefix)
+                     if settings.broker is not None else None),
         )

@@ -78,7 +78,7 @@ def release(context: RunContext, rows: list[SinBinRow], destination: str) -> dic
     with context.sessions() as session:
         try:
             with StoreSession(settings.run.ae_title, destination, settings.destinations[destination],
-                              pairs) as store:
+                              pairs, context.limiter) as store:
                 for row in releasable:
                     results[row.item.id] = _release_one(context, session, store, row, destination,
                                                         legacy_rows.get(row.instance.sop_instance_uid or ""))

@@ -55,6 +55,9 @@ class StorageSCP:
         self.delay = delay
         #: Every SOP Instance UID in the order it arrived, repeats included.
         self.arrivals: list[str] = []
+        #: Connections open now, and the most open at once.
+        self.connections = 0
+        self.max_connections = 0
         self.received: dict[str, str] = {}  # SOP Instance UID -> transfer syntax
         self._lock = threading.Lock()
         self._ae = AE(ae_title=ae_title)
@@ -70,7 +73,9 @@ class StorageSCP:
 
     def start(self) -> StorageSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
-        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_CONN_CLOSE, self._on_close), *NODELAY_HANDLERS]
         server = self._ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
         assert server is not None  # block=False always returns the server
         self._server = server
@@ -87,6 +92,15 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _on_open(self, event: evt.Event) -> None:
+        with self._lock:
+            self.connections += 1
+            self.max_connections = max(self.max_connections, self.connections)
+
+    def _on_close(self, event: evt.Event) -> None:
+        with self._lock:
+            self.connections -= 1
 
     def _on_store(self, event: evt.Event) -> int:
         # The request's own bytes, written as a Part 10 file without decoding.

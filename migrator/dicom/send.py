@@ -21,6 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
 from migrator.config import DestinationConfig
+from migrator.dicom.limit import AssociationLimiter
 from migrator.dicom.net import NODELAY_HANDLERS
 from migrator.errors import DestinationError
 
@@ -61,8 +62,11 @@ class StoreSession:
     """
 
     def __init__(self, calling_ae: str, name: str, destination: DestinationConfig,
-                 pairs: Iterable[ContextKey]) -> None:
+                 pairs: Iterable[ContextKey], limiter: AssociationLimiter | None = None) -> None:
         self.name = name
+        self._limiter = limiter if destination.max_associations else None
+        self._slot: str | None = None
+        self._slot_renewed = 0.0
         self.destination = destination
         self.pairs = sorted(set(pairs))
         if len(self.pairs) > MAX_CONTEXTS:
@@ -75,7 +79,11 @@ class StoreSession:
         self._silent = 0
 
     def __enter__(self) -> StoreSession:
-        self._associate()
+        try:
+            self._associate()
+        except BaseException:
+            self.close()  # gives back the association slot
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -86,8 +94,24 @@ class StoreSession:
         if self._assoc is not None and self._assoc.is_established:
             self._assoc.release()
         self._assoc = None
+        if self._limiter is not None and self._slot is not None:
+            self._limiter.release(self.name, self._slot)
+            self._slot = None
+
+    def _hold_slot(self) -> None:
+        # One slot covers this session's associations, re-associations included.
+        if self._limiter is None:
+            return
+        limit = self.destination.max_associations or 0
+        if self._slot is None:
+            self._slot = self._limiter.acquire(self.name, limit, self.destination.association_wait)
+            self._slot_renewed = time.monotonic()
+        elif time.monotonic() - self._slot_renewed > 30:
+            self._limiter.renew(self.name, self._slot)
+            self._slot_renewed = time.monotonic()
 
     def _associate(self) -> None:
+        self._hold_slot()
         dest = self.destination
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in self.pairs]
         assoc = self._ae.associate(
@@ -129,6 +153,7 @@ class StoreSession:
                                f"destination {self.name} did not accept the presentation context "
                                f"{sop_class} with transfer syntax {syntax}")
         assert self._assoc is not None
+        self._hold_slot()
         started = time.monotonic()
         try:
             response = self._assoc.send_c_store(ds)

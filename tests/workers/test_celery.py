@@ -42,21 +42,26 @@ def workers() -> Iterator[list[subprocess.Popen[Any]]]:
 
 
 def _start_worker(config: Path, roots: str, started: list[subprocess.Popen[Any]],
-                  log: Path) -> subprocess.Popen[Any]:
+                  log: Path, concurrency: int = 1) -> subprocess.Popen[Any]:
     process = subprocess.Popen(
         [sys.executable, "-m", "migrator", "worker", "--config", str(config), "--roots", roots,
-         "--concurrency", "1"],
+         "--concurrency", str(concurrency)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     started.append(process)
     return process
 
 
-def _distributed(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP]) -> Migration:
+def _distributed(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP],
+                 main_associations: int | None = None) -> Migration:
     """Prepare the demo archive with a [broker] section whose queues only this test uses."""
     migration = prepare_migration(tmp_path, state_url,
                                   {name: (scp.ae_title, scp.port) for name, scp in scps.items()})
     config = tmp_path / "migrator.toml"
-    config.write_text(config.read_text().replace("max_instances = 20", "max_instances = 5")
+    text = config.read_text().replace("max_instances = 20", "max_instances = 5")
+    if main_associations:
+        text = text.replace("[destinations.main]\n",
+                            f"[destinations.main]\nmax_associations = {main_associations}\n")
+    config.write_text(text
                       + f'\n[broker]\nurl = "{REDIS_URL}"\nqueue_prefix = "test-{uuid.uuid4().hex[:10]}"\n'
                       "max_in_flight_per_root = 2\n")
     migration.settings = load_settings(config)
@@ -177,3 +182,23 @@ def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: 
     with migration.sessions() as session:
         attempts = session.scalars(select(Batch.attempts).where(Batch.attempts > 1)).all()
     assert attempts, "no batch was claimed a second time; the kill hit no running batch"
+
+
+def test_association_limit_holds_across_processes(workers, tmp_path: Path, postgres_url: str) -> None:
+    """With max_associations = 1, worker processes never open two associations to main at once."""
+    slow = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=0.1).start()
+            for name in ("main", "nonpixel", "sinbin")}
+    try:
+        migration = _distributed(tmp_path, postgres_url, slow, main_associations=1)
+        _start_worker(tmp_path / "migrator.toml", "root1,root2", workers, tmp_path / "worker-a.log",
+                      concurrency=2)
+        _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers, tmp_path / "worker-b.log",
+                      concurrency=2)
+        pending = run_distributed(migration.settings, migration.sessions, timeout=240, poll_seconds=0.5)
+        assert pending == 0, (tmp_path / "worker-a.log").read_text()[-3000:]
+    finally:
+        for scp in slow.values():
+            scp.stop()
+    assert slow["main"].max_connections == 1
+    assert None not in migration.outcome_counts()
+    assert migration.outcome_counts()["failed"] == 0
