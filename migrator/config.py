@@ -154,6 +154,10 @@ class DestinationConfig(Frozen):
     #: Seconds a worker waits for a free association slot before the
     #: instances fail with that reason.
     association_wait: float = Field(default=300, gt=0)
+    #: Association failures in a row after which no worker tries this
+    #: destination for circuit_breaker_seconds; needs [broker].
+    circuit_breaker_failures: int = Field(default=5, ge=1)
+    circuit_breaker_seconds: float = Field(default=300, gt=0)
 
 
 class RouteRule(Frozen):

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.audit import HOST
 from migrator.config import Settings
+from migrator.dicom.breaker import CircuitBreaker
 from migrator.dicom.limit import AssociationLimiter
 from migrator.reconcile.legacy import LegacyDatabase
 from migrator.reconcile.outcome import PathMapper
@@ -31,6 +32,8 @@ class RunContext:
     steps: list[Step] = field(default_factory=lambda: [correct_from_legacy])
     #: Shares max_associations across workers; None without a broker.
     limiter: AssociationLimiter | None = None
+    #: Stops trying a failing destination for a while; None without a broker.
+    breaker: CircuitBreaker | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> RunContext:
@@ -43,5 +46,7 @@ class RunContext:
             excluded_studies=load_exclusion_list(settings),
             mapper=PathMapper(settings.roots, settings.legacy.paths_case_insensitive),
             limiter=(AssociationLimiter(settings.broker.broker_url(), settings.broker.queue_prefix)
+                     if settings.broker is not None else None),
+            breaker=(CircuitBreaker(settings.broker.broker_url(), settings.broker.queue_prefix)
                      if settings.broker is not None else None),
         )

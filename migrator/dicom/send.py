@@ -21,6 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
 from migrator.config import DestinationConfig
+from migrator.dicom.breaker import CircuitBreaker
 from migrator.dicom.limit import AssociationLimiter
 from migrator.dicom.net import NODELAY_HANDLERS
 from migrator.errors import DestinationError
@@ -62,8 +63,10 @@ class StoreSession:
     """
 
     def __init__(self, calling_ae: str, name: str, destination: DestinationConfig,
-                 pairs: Iterable[ContextKey], limiter: AssociationLimiter | None = None) -> None:
+                 pairs: Iterable[ContextKey], limiter: AssociationLimiter | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.name = name
+        self._breaker = breaker
         self._limiter = limiter if destination.max_associations else None
         self._slot: str | None = None
         self._slot_renewed = 0.0
@@ -111,6 +114,8 @@ class StoreSession:
             self._slot_renewed = time.monotonic()
 
     def _associate(self) -> None:
+        if self._breaker is not None:
+            self._breaker.check(self.name)
         self._hold_slot()
         dest = self.destination
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in self.pairs]
@@ -119,9 +124,14 @@ class StoreSession:
             max_pdu=dest.max_pdu, evt_handlers=NODELAY_HANDLERS,
         )
         if not assoc.is_established:
+            if self._breaker is not None:
+                self._breaker.record_failure(self.name, dest.circuit_breaker_failures,
+                                             dest.circuit_breaker_seconds)
             raise DestinationError(
                 f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) "
                 f"{association_failure(assoc, self._ae.ae_title, dest)}")
+        if self._breaker is not None:
+            self._breaker.record_success(self.name)
         self._assoc = assoc
         LOGGER.debug("associated with %s: %d contexts proposed, %d accepted", self.name,
                       len(contexts), len(assoc.accepted_contexts))

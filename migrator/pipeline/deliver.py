@@ -65,7 +65,8 @@ def _deliver_group(context: RunContext, session: Session, lease: Lease, destinat
     pairs = {(d.instance.sop_class_uid or "", d.instance.transfer_syntax or "") for d in decisions}
     done = 0
     try:
-        with StoreSession(settings.run.ae_title, destination, config, pairs, context.limiter) as store:
+        with StoreSession(settings.run.ae_title, destination, config, pairs, context.limiter,
+                          context.breaker) as store:
             for decision in decisions:
                 lease.renew(session)
                 _store_one(context, session, store, batch_id, destination, decision)

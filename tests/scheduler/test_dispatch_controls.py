@@ -23,6 +23,7 @@ from migrator.state.models import Batch
 from scheduler.dispatch.distributed import celery_sender, feed
 from scheduler.dispatch.embedded import run_embedded
 from scheduler.plan.run import plan
+from tests.peers import free_port
 from tests.support import CALLING_AE, Migration, prepare_migration
 
 REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -183,3 +184,36 @@ def test_requeue_filters_and_resends_only_failures(tmp_path: Path, sqlite_url: s
     assert len(main.arrivals) == sent_before
     with migration.sessions() as session:
         assert session.scalar(select(func.count(Batch.id)).where(Batch.status != "done")) == 0
+
+
+def test_circuit_breaker_spares_a_down_destination(tmp_path: Path, sqlite_url: str) -> None:
+    """After two refused associations to main, its instances fail at once; others are sent."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    with StorageSCP("NONPIXEL", tmp_path / "np", [CALLING_AE]) as nonpixel, \
+            StorageSCP("SINBIN", tmp_path / "sb", [CALLING_AE]) as sinbin:
+        endpoints = {"main": ("MAIN", free_port()), "nonpixel": (nonpixel.ae_title, nonpixel.port),
+                     "sinbin": (sinbin.ae_title, sinbin.port)}
+        migration = prepare_migration(tmp_path, sqlite_url, endpoints, processes=1)
+        config = tmp_path / "migrator.toml"
+        text = config.read_text().replace("max_instances = 20", "max_instances = 3")
+        text = text.replace("[destinations.main]\n", "[destinations.main]\ncircuit_breaker_failures = 2\n"
+                            "circuit_breaker_seconds = 60\n")
+        config.write_text(text + f'\n[broker]\nurl = "{REDIS_URL}"\nqueue_prefix = "{prefix}"\n')
+        settings = load_settings(config)
+        plan(settings, migration.sessions)
+        try:
+            run_embedded(settings, migration.sessions)
+        finally:
+            client = redis.Redis.from_url(REDIS_URL)
+            client.delete(*client.keys(f"{prefix}:*") or [f"{prefix}:none"])
+    reasons = [a.reason or "" for e in migration.expected("main") for a in migration.audit_of(e)]
+    refused = [r for r in reasons if "refused the connection" in r]
+    skipped = [r for r in reasons if "circuit breaker" in r]
+    assert refused
+    assert skipped
+    assert len(refused) + len(skipped) == len(reasons)
+    outcomes = migration.outcomes()
+    assert all(outcomes[(e.root, e.rel_path)] == "sent" for e in migration.expected("nonpixel"))
+    assert all(outcomes[(e.root, e.rel_path)] == "sinbinned" for e in migration.expected("sinbin"))
+    with migration.sessions() as session:
+        assert requeue_failed(session, reason="circuit breaker")[0] == len(skipped)
