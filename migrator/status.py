@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from migrator.audit import now
-from migrator.state.models import DELIVERED, AuditEntry, Instance, Outcome, StorageRoot
+from migrator.state.models import (
+    DELIVERED,
+    AuditEntry,
+    Batch,
+    Instance,
+    Outcome,
+    StorageRoot,
+)
 
 PENDING = "pending"
 
@@ -22,6 +29,20 @@ class Status:
     images_per_hour: float | None
     #: Instances delivered in the hour before the status was read.
     last_hour: int = 0
+    #: The same, per storage root and per destination (the sin bin included).
+    last_hour_by_root: dict[str, int] = field(default_factory=dict)
+    last_hour_by_destination: dict[str, int] = field(default_factory=dict)
+    #: Batch status ("planned", "queued", "running", "done") -> count.
+    batches: dict[str, int] = field(default_factory=dict)
+    #: Batches with at least one failed instance.
+    batches_with_failures: int = 0
+
+    def eta_hours(self) -> float | None:
+        """Estimate the hours left at the last hour's rate; None without a rate."""
+        pending = self.totals().get(PENDING, 0)
+        if not pending:
+            return 0.0
+        return pending / self.last_hour if self.last_hour else None
 
     def totals(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -46,10 +67,21 @@ def read_status(session: Session) -> Status:
     rate = None
     if count and first and last and last > first:
         rate = count / ((last - first).total_seconds() / 3600)
-    last_hour = session.scalar(
-        select(func.count(AuditEntry.id))
-        .where(AuditEntry.outcome.in_(delivered), AuditEntry.finished_at >= now() - timedelta(hours=1)))
-    return Status(by_root, rate, last_hour or 0)
+    recent = (AuditEntry.outcome.in_(delivered), AuditEntry.finished_at >= now() - timedelta(hours=1))
+    by_root_recent = dict(session.execute(
+        select(StorageRoot.name, func.count(AuditEntry.id))
+        .join(Instance, Instance.id == AuditEntry.instance_id)
+        .join(StorageRoot, StorageRoot.id == Instance.root_id)
+        .where(*recent).group_by(StorageRoot.name)).all())
+    by_destination_recent = dict(session.execute(
+        select(AuditEntry.destination, func.count(AuditEntry.id))
+        .where(*recent).group_by(AuditEntry.destination)).all())
+    batches = dict(session.execute(select(Batch.status, func.count(Batch.id)).group_by(Batch.status)).all())
+    with_failures = session.scalar(
+        select(func.count(func.distinct(Instance.batch_id))).where(Instance.outcome == Outcome.FAILED.value))
+    return Status(by_root, rate, sum(by_root_recent.values()), by_root_recent,
+                  {str(name): count for name, count in by_destination_recent.items()}, batches,
+                  with_failures or 0)
 
 
 @dataclass(frozen=True)

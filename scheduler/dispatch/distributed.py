@@ -43,7 +43,9 @@ def celery_sender(settings: Settings) -> Send:
     app.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
 
     def send(batch_id: int, queue: str) -> None:
-        app.send_task(MIGRATE_BATCH_TASK, args=[batch_id], queue=queue)
+        # The shadow name shows the queue (and so the root) in Flower and the logs.
+        app.send_task(MIGRATE_BATCH_TASK, args=[batch_id], queue=queue,
+                      shadow=f"{MIGRATE_BATCH_TASK}[{queue}]")
 
     return send
 

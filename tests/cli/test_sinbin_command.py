@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +146,29 @@ def test_trace_unreadable_file(migrated, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "unreadable, not sent" in result.stdout
     assert "DIMSE status" not in result.stdout
+
+
+def test_status_per_destination_and_batches(migrated, tmp_path: Path) -> None:
+    """status shows the last hour per destination, the batch counts and the ETA."""
+    migration, _ = migrated
+    result = _migrator(tmp_path / "migrator.toml", "status")
+    assert result.returncode == 0, result.stderr
+    main = len(migration.expected("main"))
+    assert f"main {main}" in result.stdout
+    assert "batches: done" in result.stdout
+    assert "estimated time left at the last hour's rate: 0.0 h" in result.stdout
+
+
+def test_status_watch_redraws_until_interrupted(migrated, tmp_path: Path) -> None:
+    """status --watch keeps drawing until Ctrl-C and then exits cleanly."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "migrator", "status", "--watch", "0.3", "--config",
+         str(tmp_path / "migrator.toml")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "250"})
+    time.sleep(3)
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Migration status" in stdout
