@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from migrator.demo.scp import StorageSCP
+from tests.support import running_scps
+
 #: The PostgreSQL server the tests use; each test gets a database of its own.
 POSTGRES_ADMIN_URL = os.environ.get("MIGRATOR_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -49,3 +52,10 @@ def state_url(request: pytest.FixtureRequest) -> str:
     """The state database URL, once for SQLite and once for PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def scps(tmp_path: Path) -> Iterator[dict[str, StorageSCP]]:
+    """Main, non-pixel and sin bin storage SCPs on 127.0.0.1, stopped after the test."""
+    with running_scps(tmp_path) as running:
+        yield running

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.config import Settings, load_settings
 from migrator.demo.archive import DemoArchive, ExpectedOutcome, build_demo_archive
 from migrator.demo.run import write_config
+from migrator.demo.scp import StorageSCP
 from migrator.state.db import open_state
 from migrator.state.models import AuditEntry, Instance, StorageRoot
 
@@ -45,6 +48,17 @@ class Migration:
     def outcome_counts(self) -> Counter[str | None]:
         return Counter(self.outcomes().values())
 
+    def repeats(self, scps: dict[str, StorageSCP]) -> dict[str, int]:
+        """SOP Instance UIDs the SCPs received more than once, beyond the intended duplicate pair.
+
+        The demo's duplicate pair shares one UID on purpose: one copy goes to
+        main, the other to the sin bin.
+        """
+        arrivals = Counter(uid for scp in scps.values() for uid in scp.arrivals)
+        duplicate_uids = {e.sop_instance_uid for e in self.expected("sinbin") if e.reason == "duplicate"}
+        return {uid: n for uid, n in arrivals.items()
+                if n > 1 and not (uid in duplicate_uids and n == 2)}
+
 
 def prepare_migration(tmp_path: Path, state_url: str, endpoints: dict[str, tuple[str, int]],
                       processes: int = 2) -> Migration:
@@ -54,3 +68,15 @@ def prepare_migration(tmp_path: Path, state_url: str, endpoints: dict[str, tuple
     settings = load_settings(config)
     sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
     return Migration(archive, settings, sessions)
+
+
+@contextmanager
+def running_scps(tmp_path: Path, delay: float = 0.0) -> Iterator[dict[str, StorageSCP]]:
+    """Run main, non-pixel and sin bin SCPs for the length of the block."""
+    scps = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=delay).start()
+            for name in ("main", "nonpixel", "sinbin")}
+    try:
+        yield scps
+    finally:
+        for scp in scps.values():
+            scp.stop()

@@ -7,9 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from migrator.errors import LegacyDatabaseError
 from migrator.state.models import AuditEntry
 from scheduler.dispatch.embedded import run_embedded
 from scheduler.plan.run import plan
-from tests.support import CALLING_AE, Migration, prepare_migration
+from tests.support import CALLING_AE, Migration, prepare_migration, running_scps
 
 JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 PLAIN_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -47,32 +45,12 @@ def _start(config: Path, started: list[subprocess.Popen[Any]]) -> subprocess.Pop
     return process
 
 
-@contextmanager
-def running_scps(tmp_path: Path, delay: float = 0.0) -> Iterator[dict[str, StorageSCP]]:
-    """Run main, non-pixel and sin bin SCPs for the length of the block."""
-    scps = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=delay).start()
-            for name in ("main", "nonpixel", "sinbin")}
-    try:
-        yield scps
-    finally:
-        for scp in scps.values():
-            scp.stop()
-
-
 def _planned(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP]) -> Migration:
     """Prepare the demo archive aimed at ``scps`` and plan it."""
     migration = prepare_migration(tmp_path, state_url,
                                   {name: (scp.ae_title, scp.port) for name, scp in scps.items()})
     plan(migration.settings, migration.sessions)
     return migration
-
-
-def _repeats(migration: Migration, scps: dict[str, StorageSCP]) -> dict[str, int]:
-    """SOP Instance UIDs received more than once, beyond the intended duplicate pair."""
-    arrivals = Counter(uid for scp in scps.values() for uid in scp.arrivals)
-    duplicate_uids = {e.sop_instance_uid for e in migration.expected("sinbin") if e.reason == "duplicate"}
-    return {uid: n for uid, n in arrivals.items()
-            if n > 1 and not (uid in duplicate_uids and n == 2)}
 
 
 def _wait_for_audit_rows(migration: Migration, count: int, timeout: float = 120) -> None:
@@ -100,7 +78,7 @@ def test_overlapping_starts_send_nothing_twice(started: list[subprocess.Popen[An
         assert first.wait(timeout=300) in (0, 1)
         assert second.wait(timeout=300) in (0, 1)
     assert None not in migration.outcome_counts()
-    assert _repeats(migration, scps) == {}
+    assert migration.repeats(scps) == {}
     with migration.sessions() as session:
         assert session.scalar(select(func.count(AuditEntry.id))) == len(migration.archive.expected)
 
@@ -121,7 +99,7 @@ def test_pool_dies_with_killed_start(started: list[subprocess.Popen[Any]], tmp_p
         second = _start(tmp_path / "migrator.toml", started)
         assert second.wait(timeout=300) == 0
     assert None not in migration.outcome_counts()
-    assert len(_repeats(migration, scps)) <= migration.settings.run.processes
+    assert len(migration.repeats(scps)) <= migration.settings.run.processes
 
 
 def test_silent_destination_fails_fast(tmp_path: Path, sqlite_url: str) -> None:
@@ -235,7 +213,7 @@ def test_interrupt_claims_no_more_batches(started: list[subprocess.Popen[Any]], 
         second = _start(tmp_path / "migrator.toml", started)
         assert second.wait(timeout=300) == 0
     assert None not in migration.outcome_counts()
-    assert len(_repeats(migration, scps)) <= settings.run.processes
+    assert len(migration.repeats(scps)) <= settings.run.processes
 
 
 def test_rejected_jpeg2000_is_named(tmp_path: Path, sqlite_url: str) -> None:

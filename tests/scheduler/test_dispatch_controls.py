@@ -55,15 +55,6 @@ class TestWindows:
         assert broker.in_flight_limit(MONDAY_NIGHT) == 6
 
 
-@pytest.fixture
-def scps(tmp_path: Path) -> Iterator[dict[str, StorageSCP]]:
-    running = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE]).start()
-               for name in ("main", "nonpixel", "sinbin")}
-    yield running
-    for scp in running.values():
-        scp.stop()
-
-
 def _migration(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP], extra: str = "") -> Migration:
     migration = prepare_migration(tmp_path, state_url,
                                   {name: (scp.ae_title, scp.port) for name, scp in scps.items()})

@@ -79,21 +79,6 @@ def _outcomes_by_root(migration: Migration) -> dict[str, Counter[str | None]]:
         return result
 
 
-@pytest.fixture
-def scps(tmp_path: Path) -> Iterator[dict[str, StorageSCP]]:
-    running = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE]).start()
-               for name in ("main", "nonpixel", "sinbin")}
-    yield running
-    for scp in running.values():
-        scp.stop()
-
-
-def _repeats(migration: Migration, scps: dict[str, StorageSCP]) -> dict[str, int]:
-    arrivals = Counter(uid for scp in scps.values() for uid in scp.arrivals)
-    duplicate_uids = {e.sop_instance_uid for e in migration.expected("sinbin") if e.reason == "duplicate"}
-    return {uid: n for uid, n in arrivals.items() if n > 1 and not (uid in duplicate_uids and n == 2)}
-
-
 def test_queues_per_root_are_honoured(workers, scps, tmp_path: Path, postgres_url: str) -> None:
     """A worker serves only its roots' queues; a second worker finishes the third root."""
     migration = _distributed(tmp_path, postgres_url, scps)
@@ -115,7 +100,7 @@ def test_queues_per_root_are_honoured(workers, scps, tmp_path: Path, postgres_ur
     pending = run_distributed(migration.settings, migration.sessions, timeout=120, poll_seconds=0.5)
     assert pending == 0, (tmp_path / "worker-b.log").read_text()[-3000:]
     assert None not in migration.outcome_counts()
-    assert _repeats(migration, scps) == {}
+    assert migration.repeats(scps) == {}
 
 
 def test_second_delivery_does_nothing(workers, scps, tmp_path: Path, postgres_url: str) -> None:
@@ -139,7 +124,7 @@ def test_second_delivery_does_nothing(workers, scps, tmp_path: Path, postgres_ur
             .where(Instance.batch_id == batch_id)))
     assert audit_rows
     assert set(audit_rows.values()) == {1}
-    assert _repeats(migration, scps) == {}
+    assert migration.repeats(scps) == {}
 
 
 def _children(pid: int) -> list[int]:
@@ -178,7 +163,7 @@ def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: 
         for scp in slow.values():
             scp.stop()
     assert None not in migration.outcome_counts()
-    assert len(_repeats(migration, slow)) <= 1
+    assert len(migration.repeats(slow)) <= 1
     with migration.sessions() as session:
         attempts = session.scalars(select(Batch.attempts).where(Batch.attempts > 1)).all()
     assert attempts, "no batch was claimed a second time; the kill hit no running batch"
