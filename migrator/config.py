@@ -239,11 +239,11 @@ class BrokerConfig(Frozen):
 
     #: A Redis URL without a password, for example ``redis://10.1.2.5:6379/0``.
     url: str = Field(pattern=r"^rediss?://")
-    #: Environment variable holding the Redis password, if it needs one.
+    #: Environment variable that contains the Redis password, if it needs one.
     password_env: str | None = None
     #: Queue names are ``PREFIX.ROOT``, one queue per storage root.
     queue_prefix: str = Field(default="migrator", pattern=r"^[A-Za-z0-9_.-]+$")
-    #: Batches queued or running per root at once; the broker never holds the plan.
+    #: Batches queued or running per root at once, so the broker never contains the whole plan.
     max_in_flight_per_root: int = Field(default=4, ge=1)
     #: Other limits at certain hours, for example fewer batches during
     #: clinical hours. The first window that contains the time applies.

@@ -23,8 +23,8 @@ def requeue_failed(session: Session, root: str | None = None, reason: str | None
                    since: datetime | None = None) -> tuple[int, int]:
     """Reset matching failed instances and plan their batches again.
 
-    Only batches that are done are touched, so a batch that a running
-    worker holds is left to it. Instances that were sent keep their
+    Only batches that are done are touched, so a batch leased to a
+    running worker is left to it. Instances that were sent keep their
     outcome, so the next run sends only what failed. Returns (instances,
     batches) returned to the plan.
     """

@@ -1,9 +1,9 @@
 """The Celery application: one queue per storage root, tasks that carry batch ids only.
 
 Workers read the configuration named by ``MIGRATOR_CONFIG``. A task is
-acknowledged after it ran (late acknowledgement) and a message whose
-worker died goes back to its queue; the batch lease in the state database
-makes a second delivery of the same message a no-op.
+acknowledged after it ran (late acknowledgement), so a message whose worker
+died goes back to its queue. The batch lease in the state database makes a
+second delivery of the same message a no-op.
 """
 
 from __future__ import annotations

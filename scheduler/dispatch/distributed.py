@@ -1,7 +1,7 @@
 """The distributed mode: planned batches fed to Celery workers, a queue per storage root.
 
 The dispatcher keeps at most ``broker.max_in_flight_per_root`` batches
-queued or running per root, so the broker never holds the whole plan, and
+queued or running per root, so the broker never contains the whole plan, and
 feeds each root's batches in stripe order. Progress is read from the state
 database, not from task results.
 """

@@ -73,7 +73,7 @@ def test_overlapping_starts_send_nothing_twice(started: list[subprocess.Popen[An
         first = _start(tmp_path / "migrator.toml", started)
         _wait_for_audit_rows(migration, 3)
         second = _start(tmp_path / "migrator.toml", started)
-        # The run that ends first may exit 1, because the other still holds
+        # The run that ends first may exit 1, because the other still has leased
         # batches whose instances are pending then.
         assert first.wait(timeout=300) in (0, 1)
         assert second.wait(timeout=300) in (0, 1)

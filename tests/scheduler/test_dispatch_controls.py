@@ -185,6 +185,7 @@ def test_circuit_breaker_spares_a_down_destination(tmp_path: Path, sqlite_url: s
         endpoints = {"main": ("MAIN", free_port()), "nonpixel": (nonpixel.ae_title, nonpixel.port),
                      "sinbin": (sinbin.ae_title, sinbin.port)}
         migration = prepare_migration(tmp_path, sqlite_url, endpoints, processes=1)
+
         config = tmp_path / "migrator.toml"
         text = config.read_text().replace("max_instances = 20", "max_instances = 3")
         text = text.replace("[destinations.main]\n", "[destinations.main]\ncircuit_breaker_failures = 2\n"
@@ -192,17 +193,20 @@ def test_circuit_breaker_spares_a_down_destination(tmp_path: Path, sqlite_url: s
         config.write_text(text + f'\n[broker]\nurl = "{REDIS_URL}"\nqueue_prefix = "{prefix}"\n')
         settings = load_settings(config)
         plan(settings, migration.sessions)
+
         try:
             run_embedded(settings, migration.sessions)
         finally:
             client = redis.Redis.from_url(REDIS_URL)
             client.delete(*client.keys(f"{prefix}:*") or [f"{prefix}:none"])
+
     reasons = [a.reason or "" for e in migration.expected("main") for a in migration.audit_of(e)]
     refused = [r for r in reasons if "refused the connection" in r]
     skipped = [r for r in reasons if "circuit breaker" in r]
     assert refused
     assert skipped
     assert len(refused) + len(skipped) == len(reasons)
+
     outcomes = migration.outcomes()
     assert all(outcomes[(e.root, e.rel_path)] == "sent" for e in migration.expected("nonpixel"))
     assert all(outcomes[(e.root, e.rel_path)] == "sinbinned" for e in migration.expected("sinbin"))

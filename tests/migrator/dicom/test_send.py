@@ -18,7 +18,7 @@ def _destination(port: int, ae_title: str = "PACS") -> DestinationConfig:
 
 
 def test_echo_succeeds(tmp_path: Path) -> None:
-    """A C-ECHO to a running SCP that knows our AE title succeeds."""
+    """A C-ECHO to a running SCP that accepts our AE title succeeds."""
     scp = StorageSCP("PACS", tmp_path, ["MIGRATOR"]).start()
     try:
         echo("MIGRATOR", "main", _destination(scp.port))
@@ -27,13 +27,13 @@ def test_echo_succeeds(tmp_path: Path) -> None:
 
 
 def test_closed_port_is_refused() -> None:
-    """With nothing listening, the error says the connection was refused."""
+    """With nothing listening, the error reports a refused connection."""
     with pytest.raises(DestinationError, match="refused the connection: nothing is listening"):
         echo("MIGRATOR", "main", _destination(free_port()))
 
 
 def test_unknown_calling_ae_is_rejected(tmp_path: Path) -> None:
-    """An SCP that does not know our AE title rejects the association, and the error says so."""
+    """An SCP that does not accept our AE title rejects the association, and the error names it."""
     scp = StorageSCP("PACS", tmp_path, ["SOMEONE"]).start()
     try:
         with pytest.raises(DestinationError, match="rejected the association.*calling AE title MIGRATOR"):
