@@ -31,6 +31,8 @@ class Record:
     route_rule: str | None = None
     destination: str | None = None
     dimse_status: int | None = None
+    #: A failure that the batch's automatic retry may clear.
+    transient: bool = False
     changes: list[dict[str, Any]] | None = None
     started_at: datetime = field(default_factory=now)
     #: For the sin bin: whether a copy is in the sin bin archive.
@@ -48,7 +50,7 @@ def write(session: Session, record: Record, commit: bool = True, final: bool = T
         instance_id=record.instance_id, batch_id=record.batch_id, outcome=record.outcome.value,
         reason=record.reason, reconciliation=record.reconciliation, route_rule=record.route_rule,
         destination=record.destination, dimse_status=record.dimse_status,
-        changes=record.changes or None, started_at=record.started_at, finished_at=finished,
+        transient=record.transient, changes=record.changes or None, started_at=record.started_at, finished_at=finished,
         host=HOST,
     ))
     if not final:

@@ -200,6 +200,21 @@ class BatchConfig(Frozen):
     mode: Literal["stripe", "folder"] = "stripe"
 
 
+class RetryConfig(Frozen):
+    """Automatic retries of a batch after transient failures.
+
+    Association failures, C-STORE timeouts and 0xA7xx (out of resources)
+    are transient: the batch's failed instances are tried again after
+    ``backoff_seconds``, doubling up to ``max_backoff_seconds``. After
+    ``max_retries`` the batch is marked failed with the reason, and
+    ``migrator requeue`` returns it to the plan.
+    """
+
+    max_retries: int = Field(default=5, ge=0)
+    backoff_seconds: int = Field(default=30, ge=1)
+    max_backoff_seconds: int = Field(default=1800, ge=1)
+
+
 class RunConfig(Frozen):
     """The local side of the migration."""
 
@@ -291,6 +306,7 @@ class Settings(Frozen):
     sinbin: DestinationConfig
     routing: RoutingConfig = RoutingConfig()
     batches: BatchConfig = BatchConfig()
+    retries: RetryConfig = RetryConfig()
     run: RunConfig = RunConfig()
     #: The distributed mode's broker; None runs batches on a local pool.
     broker: BrokerConfig | None = None

@@ -31,4 +31,12 @@ class LegacyDatabaseError(MigratorError):
 
 
 class DestinationError(MigratorError):
-    """A DICOM destination could not be reached or rejected the association."""
+    """A DICOM destination could not be reached or rejected the association.
+
+    ``transient`` is False when trying again cannot help, for example when
+    the destination accepts none of the proposed presentation contexts.
+    """
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient

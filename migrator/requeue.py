@@ -8,9 +8,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from migrator.state.models import (
+    FINISHED,
+    REPLANNED,
     AuditEntry,
     Batch,
-    BatchStatus,
     Instance,
     Outcome,
     StorageRoot,
@@ -23,7 +24,7 @@ def requeue_failed(session: Session, root: str | None = None, reason: str | None
                    since: datetime | None = None) -> tuple[int, int]:
     """Reset matching failed instances and plan their batches again.
 
-    Only batches that are done are touched, so a batch leased to a
+    Only batches that are done or failed are touched, so a batch leased to a
     running worker is left to it. Instances that were sent keep their
     outcome, so the next run sends only what failed. Returns (instances,
     batches) returned to the plan.
@@ -33,7 +34,7 @@ def requeue_failed(session: Session, root: str | None = None, reason: str | None
     query = (select(Instance.id, Instance.batch_id)
              .join(Batch, Batch.id == Instance.batch_id)
              .join(AuditEntry, AuditEntry.id == last_attempt)
-             .where(Instance.outcome == Outcome.FAILED.value, Batch.status == BatchStatus.DONE.value))
+             .where(Instance.outcome == Outcome.FAILED.value, Batch.status.in_(FINISHED)))
     if root:
         query = query.join(StorageRoot, StorageRoot.id == Instance.root_id).where(StorageRoot.name == root)
     if reason:
@@ -46,7 +47,7 @@ def requeue_failed(session: Session, root: str | None = None, reason: str | None
     batch_ids = sorted({batch_id for _, batch_id in rows if batch_id is not None})
     for start in range(0, len(batch_ids), CHUNK):
         session.execute(update(Batch).where(Batch.id.in_(batch_ids[start:start + CHUNK]))
-                        .values(status=BatchStatus.PLANNED.value))
+                        .values(REPLANNED))
     for start in range(0, len(instance_ids), CHUNK):
         session.execute(update(Instance).where(Instance.id.in_(instance_ids[start:start + CHUNK]))
                         .values(outcome=None))

@@ -13,6 +13,7 @@ from migrator.state.models import (
     DELIVERED,
     AuditEntry,
     Batch,
+    BatchStatus,
     Instance,
     Outcome,
     StorageRoot,
@@ -32,10 +33,12 @@ class Status:
     #: The same, per storage root and per destination (the sin bin included).
     last_hour_by_root: dict[str, int] = field(default_factory=dict)
     last_hour_by_destination: dict[str, int] = field(default_factory=dict)
-    #: Batch status ("planned", "queued", "running", "done") -> count.
+    #: Batch status ("planned", "queued", "running", "done", "failed") -> count.
     batches: dict[str, int] = field(default_factory=dict)
     #: Batches with at least one failed instance.
     batches_with_failures: int = 0
+    #: Planned batches that wait for an automatic retry after transient failures.
+    batches_retrying: int = 0
 
     def eta_hours(self) -> float | None:
         """Estimate the hours left at the last hour's rate; None without a rate."""
@@ -79,9 +82,11 @@ def read_status(session: Session) -> Status:
     batches = dict(session.execute(select(Batch.status, func.count(Batch.id)).group_by(Batch.status)).all())
     with_failures = session.scalar(
         select(func.count(func.distinct(Instance.batch_id))).where(Instance.outcome == Outcome.FAILED.value))
+    retrying = session.scalar(select(func.count(Batch.id)).where(
+        Batch.status == BatchStatus.PLANNED.value, Batch.retry_at.is_not(None)))
     return Status(by_root, rate, sum(by_root_recent.values()), by_root_recent,
                   {str(name): count for name, count in by_destination_recent.items()}, batches,
-                  with_failures or 0)
+                  with_failures or 0, retrying or 0)
 
 
 @dataclass(frozen=True)

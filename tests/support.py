@@ -61,10 +61,16 @@ class Migration:
 
 
 def prepare_migration(tmp_path: Path, state_url: str, endpoints: dict[str, tuple[str, int]],
-                      processes: int = 2) -> Migration:
-    """Build the demo archive under ``tmp_path`` and a configuration aimed at ``endpoints``."""
+                      processes: int = 2, max_retries: int = 0, backoff_seconds: int = 1) -> Migration:
+    """Build the demo archive under ``tmp_path`` and a configuration aimed at ``endpoints``.
+
+    Automatic retries are off unless ``max_retries`` is given, so a test
+    of a failure sees it recorded at once.
+    """
     archive = build_demo_archive(tmp_path / "archive")
     config = write_config(tmp_path, archive, endpoints, processes, state_url=state_url)
+    with config.open("a") as file:
+        file.write(f"\n[retries]\nmax_retries = {max_retries}\nbackoff_seconds = {backoff_seconds}\n")
     settings = load_settings(config)
     sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
     return Migration(archive, settings, sessions)

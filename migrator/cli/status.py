@@ -91,7 +91,8 @@ def render(status: Status) -> Group:
         Text(f"last hour per destination: {destinations}"),
         Text(f"batches: {batches}; in flight: "
              f"{status.batches.get('queued', 0) + status.batches.get('running', 0)}; "
-             f"with failed instances: {status.batches_with_failures}"),
+             f"with failed instances: {status.batches_with_failures}; "
+             f"waiting for an automatic retry: {status.batches_retrying}"),
         Text(f"sin bin: {totals.get(Outcome.SINBINNED.value, 0):,}; estimated time left at the "
              f"last hour's rate: {eta_text}"),
     )

@@ -43,8 +43,11 @@ def print_trace(trace: Trace) -> None:
         out(f"  stored as  {i.transfer_syntax}, pixel data: {'yes' if i.has_pixel_data else 'no'}",
             highlight=False)
     if trace.batch:
+        retries = f", {trace.batch.retries} automatic retries" if trace.batch.retries else ""
         out(f"  batch      {trace.batch.id} ({trace.batch.mode}, #{trace.batch.seq} of its root, "
-            f"{trace.batch.status})", highlight=False)
+            f"{trace.batch.status}{retries})", highlight=False)
+        if trace.batch.failure_reason:
+            out(f"      failed: {trace.batch.failure_reason}", highlight=False)
     for entry in trace.audit:
         when = f"{entry.finished_at:%Y-%m-%d %H:%M:%S}"
         if entry.destination is None:
@@ -56,7 +59,8 @@ def print_trace(trace: Trace) -> None:
                 f"reconciliation: {entry.reconciliation or '-'}, DIMSE status: {status}) on host "
                 f"{entry.host}", highlight=False)
         if entry.reason:
-            out(f"      reason: {entry.reason}", highlight=False)
+            kind = "reason (transient)" if entry.transient else "reason"
+            out(f"      {kind}: {entry.reason}", highlight=False)
         for change in entry.changes or []:
             out(f"      changed {change['keyword']}: {change['old']!r} -> {change['new']!r}", highlight=False)
     for item in trace.sinbin:

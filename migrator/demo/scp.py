@@ -44,11 +44,13 @@ class StorageSCP:
         Seconds to wait before each response, to play a slow destination.
     transfer_syntaxes
         Transfer syntaxes it accepts; by default every one that pynetdicom supports.
+    port
+        TCP port on 127.0.0.1; 0 takes a free one.
     """
 
     def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str],
                  status_for: Callable[[str], int] | None = None, delay: float = 0.0,
-                 transfer_syntaxes: list[str] | None = None) -> None:
+                 transfer_syntaxes: list[str] | None = None, port: int = 0) -> None:
         self.ae_title = ae_title
         self.folder = folder
         self.status_for = status_for
@@ -69,14 +71,14 @@ class StorageSCP:
             self._ae.add_supported_context(context.abstract_syntax,
                                            transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer | None = None
-        self.port = 0
+        self.port = port
 
     def start(self) -> StorageSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_CONN_CLOSE, self._on_close), *NODELAY_HANDLERS]
-        server = self._ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         assert server is not None  # block=False always returns the server
         self._server = server
         self.port = server.server_address[1]

@@ -48,6 +48,9 @@ class StoreResult:
     status: int | None
     #: The failure reason or the warning's meaning; None on success.
     detail: str | None
+    #: True for a failure that a later attempt may not meet: no response,
+    #: or 0xA7xx (out of resources).
+    transient: bool = False
 
 
 def _describe(status: int) -> str:
@@ -129,7 +132,8 @@ class StoreSession:
                                              dest.circuit_breaker_seconds)
             raise DestinationError(
                 f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) "
-                f"{association_failure(assoc, self._ae.ae_title, dest)}")
+                f"{association_failure(assoc, self._ae.ae_title, dest)}",
+                transient=not _no_context_accepted(assoc))
         if self._breaker is not None:
             self._breaker.record_success(self.name)
         self._assoc = assoc
@@ -179,7 +183,8 @@ class StoreSession:
             else:
                 why = "the response was invalid"
             self._assoc.abort()
-            return StoreResult("failure", None, f"no C-STORE response from {self.name}: {why}")
+            return StoreResult("failure", None, f"no C-STORE response from {self.name}: {why}",
+                               transient=True)
         self._silent = 0
         status = int(status)
         category = code_to_category(status)
@@ -189,7 +194,16 @@ class StoreSession:
             return StoreResult("warning", status, _describe(status))
         comment = response.get("ErrorComment")
         detail = _describe(status) + (f": {comment}" if comment else "")
-        return StoreResult("failure", status, detail)
+        return StoreResult("failure", status, detail, transient=is_out_of_resources(status))
+
+
+def is_out_of_resources(status: int) -> bool:
+    """Tell whether a C-STORE status is 0xA7xx, Refused: Out of Resources (PS3.4 B.2.3)."""
+    return status & 0xFF00 == 0xA700
+
+
+def _no_context_accepted(assoc: Association) -> bool:
+    return bool(assoc.rejected_contexts) and not assoc.accepted_contexts
 
 
 def association_failure(assoc: Association, calling_ae: str, destination: DestinationConfig) -> str:
@@ -197,7 +211,7 @@ def association_failure(assoc: Association, calling_ae: str, destination: Destin
     if assoc.is_rejected:
         return (f"rejected the association; check that it accepts calling AE title {calling_ae} "
                 f"and that its own AE title is {destination.ae_title}")
-    if assoc.rejected_contexts and not assoc.accepted_contexts:
+    if _no_context_accepted(assoc):
         # pynetdicom aborts an association in which no presentation context was accepted.
         syntaxes = sorted({str(syntax) for cx in assoc.rejected_contexts for syntax in cx.transfer_syntax})
         return ("accepted none of the proposed presentation contexts, so it takes none of the "

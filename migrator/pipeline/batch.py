@@ -15,6 +15,7 @@ from migrator.context import RunContext
 from migrator.pipeline.decide import Decision, decide
 from migrator.pipeline.deliver import deliver
 from migrator.pipeline.lease import Lease, LeaseLost, claim
+from migrator.pipeline.retry import finish_or_retry
 from migrator.state.models import Instance, Outcome, StorageRoot
 
 LOGGER = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ class BatchResult:
     #: False when the batch is leased to another worker or already done.
     claimed: bool
     outcomes: Counter[str] = field(default_factory=Counter)
+    #: Instances that failed for a transient reason and wait for an automatic retry.
+    retrying: int = 0
 
 
 def migrate_batch(context: RunContext, batch_id: int) -> BatchResult:
@@ -66,12 +69,14 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
     session.commit()
     for target, group in by_target.items():
         deliver(context, session, lease, target, group)
-    lease.finish(session)
-    # Count only the instances this call migrated, not earlier runs' outcomes.
+    retrying = finish_or_retry(session, lease, context.settings.retries)
+    # Count only the instances this call migrated, not earlier runs' outcomes,
+    # and not those waiting for a retry.
     ids = [instance.id for instance, _ in rows]
     outcomes: Counter[str] = Counter()
     for start in range(0, len(ids), 1000):
-        outcomes.update(outcome or "pending" for (outcome,) in session.execute(
-            select(Instance.outcome).where(Instance.id.in_(ids[start:start + 1000]))))
+        outcomes.update(outcome for outcome in session.scalars(
+            select(Instance.outcome).where(Instance.id.in_(ids[start:start + 1000])))
+            if outcome is not None)
     LOGGER.info("batch %d finished: %s", batch_id, dict(outcomes))
-    return BatchResult(batch_id, claimed=True, outcomes=outcomes)
+    return BatchResult(batch_id, claimed=True, outcomes=outcomes, retrying=retrying)

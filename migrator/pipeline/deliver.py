@@ -75,7 +75,7 @@ def _deliver_group(context: RunContext, session: Session, lease: Lease, destinat
         LOGGER.warning("batch %d: %s; %d instance(s) failed", batch_id, exc, len(decisions) - done)
         for decision in decisions[done:]:
             audit.write(session, _record(decision, batch_id, Outcome.FAILED, destination=destination,
-                                         reason=str(exc)))
+                                         reason=str(exc), transient=exc.transient))
 
 
 def _store_one(context: RunContext, session: Session, store: StoreSession, batch_id: int,
@@ -101,7 +101,8 @@ def _store_one(context: RunContext, session: Session, store: StoreSession, batch
                        destination, reason)
     audit.write(session, _record(
         decision, batch_id, outcome, destination=destination, reason=reason,
-        dimse_status=result.status, changes=[change.as_dict() for change in changes],
+        dimse_status=result.status, transient=outcome is Outcome.FAILED and result.transient,
+        changes=[change.as_dict() for change in changes],
         started_at=started,
     ))
 

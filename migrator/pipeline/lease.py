@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from migrator import audit
 from migrator.errors import MigratorError
-from migrator.state.models import Batch, BatchStatus
+from migrator.state.models import Batch, BatchStatus, Instance
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def claim(session: Session, batch_id: int, owner: str) -> Lease | None:
     the middle of a batch is redelivered its message straight away.
     """
     now = audit.now()
-    claimable = or_(Batch.status.in_([BatchStatus.PLANNED.value, BatchStatus.QUEUED.value]),
+    due = or_(Batch.retry_at.is_(None), Batch.retry_at <= now)
+    claimable = or_(and_(Batch.status.in_([BatchStatus.PLANNED.value, BatchStatus.QUEUED.value]), due),
                     and_(Batch.status == BatchStatus.RUNNING.value, Batch.lease_expires < now))
     current = session.scalar(select(Batch.lease_owner).where(
         Batch.id == batch_id, Batch.status == BatchStatus.RUNNING.value))
@@ -114,7 +115,30 @@ class Lease:
 
     def finish(self, session: Session) -> None:
         """Mark the batch done and release the lease."""
-        session.execute(update(Batch).where(Batch.id == self.batch_id, Batch.lease_owner == self.owner)
-                        .values(status=BatchStatus.DONE.value, finished_at=audit.now(),
-                                lease_owner=None, lease_expires=None))
+        self._release(session, status=BatchStatus.DONE.value, finished_at=audit.now())
+
+    def fail(self, session: Session, reason: str) -> None:
+        """Mark the batch failed with ``reason`` and release the lease."""
+        self._release(session, status=BatchStatus.FAILED.value, finished_at=audit.now(),
+                      failure_reason=reason)
+
+    def retry_later(self, session: Session, retry_at: datetime, instance_ids: list[int]) -> None:
+        """Return the batch and ``instance_ids`` to the plan, not to be claimed before ``retry_at``.
+
+        The batch and its instances change in one transaction, and only
+        while this worker holds the lease.
+        """
+        if self._release(session, commit=False, status=BatchStatus.PLANNED.value,
+                         retry_at=retry_at, retries=Batch.retries + 1):
+            for start in range(0, len(instance_ids), 1000):
+                session.execute(update(Instance).where(Instance.id.in_(instance_ids[start:start + 1000]))
+                                .values(outcome=None))
         session.commit()
+
+    def _release(self, session: Session, commit: bool = True, **values: object) -> bool:
+        result = session.execute(update(Batch)
+                                 .where(Batch.id == self.batch_id, Batch.lease_owner == self.owner)
+                                 .values(lease_owner=None, lease_expires=None, **values))
+        if commit:
+            session.commit()
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]

@@ -55,6 +55,12 @@ class BatchStatus(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
+    #: Transient failures remained after the last automatic retry.
+    FAILED = "failed"
+
+
+#: Batch statuses that no worker will change any more.
+FINISHED = [BatchStatus.DONE.value, BatchStatus.FAILED.value]
 
 
 class Base(DeclarativeBase):
@@ -121,9 +127,20 @@ class Batch(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Automatic retries after transient failures so far.
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    #: A batch waiting to be retried is not claimed before this time.
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Why the batch failed, once its automatic retries are used up.
+    failure_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+#: The values that return a finished batch to the plan with its automatic retries reset.
+REPLANNED: dict[str, object] = {"status": BatchStatus.PLANNED.value, "retries": 0, "retry_at": None,
+                                "failure_reason": None}
 
 
 class AuditEntry(Base):
@@ -142,6 +159,9 @@ class AuditEntry(Base):
     destination: Mapped[str | None] = mapped_column(String(100))
     #: The C-STORE response status, NULL when no response arrived.
     dimse_status: Mapped[int | None] = mapped_column(Integer)
+    #: True for a failure that a later attempt may not meet (an association
+    #: failure, a timeout, 0xA7xx out of resources); the batch retries it.
+    transient: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Header corrections: a list of {"keyword", "old", "new"}.
     changes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
@@ -66,6 +66,7 @@ def _requeue_lost(session: Session) -> None:
 def feed(session: Session, settings: Settings, send: Send, moment: datetime | None = None) -> int:
     """Queue planned batches up to each root's limit; return how many were sent.
 
+    A batch waiting for an automatic retry is queued once the retry is due.
     Nothing is sent while the run is paused. The limit is the one of the
     time window that contains ``moment`` (default: now, local time).
     """
@@ -79,8 +80,9 @@ def feed(session: Session, settings: Settings, send: Send, moment: datetime | No
                                 .where(Batch.root_id == root_id, Batch.status.in_(ACTIVE))) or 0
         if active >= limit:
             continue
+        due = or_(Batch.retry_at.is_(None), Batch.retry_at <= audit.now())
         ids = session.scalars(select(Batch.id).where(Batch.root_id == root_id,
-                                                     Batch.status == BatchStatus.PLANNED.value)
+                                                     Batch.status == BatchStatus.PLANNED.value, due)
                               .order_by(Batch.seq).limit(limit - active)).all()
         for batch_id in ids:
             # Mark first, then send: a crash in between leaves a queued batch

@@ -14,13 +14,14 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from multiprocessing import get_context
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
@@ -30,7 +31,7 @@ from migrator.controls import is_paused
 from migrator.errors import MigratorError
 from migrator.pipeline import BatchResult, migrate_batch
 from migrator.pipeline.lease import owner_is_gone
-from migrator.state.models import Batch, BatchStatus, Instance, Outcome
+from migrator.state.models import FINISHED, REPLANNED, Batch, BatchStatus, Instance, Outcome
 from scheduler.dispatch.preflight import check_legacy_matches
 
 LOGGER = logging.getLogger(__name__)
@@ -90,9 +91,8 @@ def prepare(session: Session, retry_failed: bool) -> int:
         # would be marked done by that run with the reset instances left pending. The
         # batches go back to the plan first, then their failed instances.
         failed_batches = select(Instance.batch_id).where(Instance.outcome == Outcome.FAILED.value)
-        session.execute(update(Batch).where(Batch.status == BatchStatus.DONE.value,
-                                            Batch.id.in_(failed_batches))
-                        .values(status=BatchStatus.PLANNED.value))
+        session.execute(update(Batch).where(Batch.status.in_(FINISHED), Batch.id.in_(failed_batches))
+                        .values(REPLANNED))
         planned = select(Batch.id).where(Batch.status == BatchStatus.PLANNED.value)
         session.execute(update(Instance).where(Instance.outcome == Outcome.FAILED.value,
                                                Instance.batch_id.in_(planned))
@@ -106,15 +106,28 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def planned_batches(session: Session) -> list[tuple[int, int]]:
-    """Return (batch id, instances without outcome) in stripe order, the roots interleaved."""
+def planned_batches(session: Session, exclude: Collection[int] = ()) -> list[tuple[int, int]]:
+    """Return (batch id, instances without outcome) in stripe order, the roots interleaved.
+
+    Batches waiting for an automatic retry are left out until it is due.
+    """
     pending = (select(func.count(Instance.id)).where(Instance.batch_id == Batch.id,
                                                      Instance.outcome.is_(None))
                .correlate(Batch).scalar_subquery())
     rows = session.execute(select(Batch.id, pending)
-                           .where(Batch.status == BatchStatus.PLANNED.value)
+                           .where(Batch.status == BatchStatus.PLANNED.value,
+                                  or_(Batch.retry_at.is_(None), Batch.retry_at <= audit.now()))
                            .order_by(Batch.seq, Batch.root_id)).all()
-    return [(batch_id, count) for batch_id, count in rows]
+    return [(batch_id, count) for batch_id, count in rows if batch_id not in exclude]
+
+
+def seconds_to_next_retry(session: Session) -> float | None:
+    """Return how long until the next batch waiting for a retry is due; None if none waits."""
+    moment = session.scalar(select(func.min(Batch.retry_at))
+                            .where(Batch.status == BatchStatus.PLANNED.value, Batch.retry_at.is_not(None)))
+    if moment is None:
+        return None
+    return max(0.0, (_aware(moment) - audit.now()).total_seconds())
 
 
 def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_failed: bool = False,
@@ -125,7 +138,8 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     Parameters
     ----------
     on_batch
-        Called after each batch with its result and its pending instance count.
+        Called after each batch with its result and how many of its instances got
+        an outcome, which leaves out those waiting for an automatic retry.
     on_start
         Called once with the number of instances this run will migrate.
 
@@ -140,14 +154,15 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
         held = prepare(session, retry_failed)
         check_legacy_matches(context, session)
         batches = planned_batches(session)
+        waiting = seconds_to_next_retry(session) is not None
     if held:
         LOGGER.warning("%d batch(es) are leased to other running processes and are left to them", held)
     if on_start:
         on_start(sum(count for _, count in batches))
     totals: Counter[str] = Counter()
-    if not batches:
+    if not batches and not waiting:
         return totals
-    processes = min(settings.run.processes, len(batches))
+    processes = max(1, min(settings.run.processes, len(batches)))
     pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
                                initargs=(settings, os.getpid()))
     try:
@@ -179,26 +194,33 @@ def _still_paused(sessions: sessionmaker[Session], was_paused: bool) -> bool:
 def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int, int]],
               totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
               sessions: sessionmaker[Session]) -> None:
-    """Keep two batches per process queued until every batch has run."""
+    """Keep two batches per process queued until every batch has run, retries included."""
     sizes = dict(batches)
-    queue = iter(batches)
-    pending: set[Future[BatchResult]] = set()
+    queue = deque(batches)
+    running: dict[Future[BatchResult], int] = {}
     paused = False
     while True:
         paused = _still_paused(sessions, paused)
-        while not paused and len(pending) < processes * 2:
-            nxt = next(queue, None)
-            if nxt is None:
-                break
-            pending.add(pool.submit(_run_batch, nxt[0]))
-        if not pending and paused:
-            time.sleep(PAUSE_POLL_SECONDS)
+        if not paused and not queue:
+            with sessions() as session:
+                queue.extend(planned_batches(session, exclude=set(running.values())))
+            sizes.update(queue)
+        while not paused and queue and len(running) < processes * 2:
+            batch_id, _ = queue.popleft()
+            running[pool.submit(_run_batch, batch_id)] = batch_id
+        if not running:
+            with sessions() as session:
+                retry_in = seconds_to_next_retry(session)
+            if not paused and retry_in is None:
+                return
+            time.sleep(min(retry_in if retry_in is not None else PAUSE_POLL_SECONDS, PAUSE_POLL_SECONDS))
             continue
-        if not pending:
-            return
-        finished, pending = wait(pending, timeout=PAUSE_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        finished, _ = wait(running, timeout=PAUSE_POLL_SECONDS, return_when=FIRST_COMPLETED)
         for future in finished:
+            del running[future]
             result = future.result()
             totals.update(result.outcomes)
+            size = sizes.get(result.batch_id, 0)
+            sizes[result.batch_id] = result.retrying
             if on_batch:
-                on_batch(result, sizes[result.batch_id])
+                on_batch(result, size - result.retrying)

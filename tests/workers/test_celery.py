@@ -52,10 +52,11 @@ def _start_worker(config: Path, roots: str, started: list[subprocess.Popen[Any]]
 
 
 def _distributed(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP],
-                 main_associations: int | None = None) -> Migration:
+                 main_associations: int | None = None, max_retries: int = 0) -> Migration:
     """Prepare the demo archive with a [broker] section whose queues only this test uses."""
     migration = prepare_migration(tmp_path, state_url,
-                                  {name: (scp.ae_title, scp.port) for name, scp in scps.items()})
+                                  {name: (scp.ae_title, scp.port) for name, scp in scps.items()},
+                                  max_retries=max_retries)
     config = tmp_path / "migrator.toml"
     text = config.read_text().replace("max_instances = 20", "max_instances = 5")
     if main_associations:
@@ -187,3 +188,38 @@ def test_association_limit_holds_across_processes(workers, tmp_path: Path, postg
     assert slow["main"].max_connections == 1
     assert None not in migration.outcome_counts()
     assert migration.outcome_counts()["failed"] == 0
+
+
+def test_transient_failure_retried_by_workers(workers, tmp_path: Path, postgres_url: str) -> None:
+    """0xA700 on a first attempt: the dispatcher queues the batch again after the backoff."""
+    chosen: set[str] = set()
+    seen: Counter[str] = Counter()
+
+    def status_for(uid: str) -> int:
+        seen[uid] += 1
+        return 0xA700 if uid in chosen and seen[uid] == 1 else 0x0000
+
+    scps = {"main": StorageSCP("MAIN", tmp_path / "main", [CALLING_AE], status_for=status_for).start(),
+            **{name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE]).start()
+               for name in ("nonpixel", "sinbin")}}
+    try:
+        migration = _distributed(tmp_path, postgres_url, scps, max_retries=3)
+        victims = migration.expected("main")[:3]
+        chosen.update(e.sop_instance_uid for e in victims)
+        _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers, tmp_path / "worker.log")
+        pending = run_distributed(migration.settings, migration.sessions, timeout=120, poll_seconds=0.5)
+        assert pending == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        for scp in scps.values():
+            scp.stop()
+    for victim in victims:
+        entries = migration.audit_of(victim)
+        assert [e.outcome for e in entries] == ["failed", "sent"]
+        assert entries[0].transient is True
+        assert (entries[1].started_at - entries[0].finished_at).total_seconds() >= 1.0
+    with migration.sessions() as session:
+        retried = session.scalars(select(Batch.retries).where(Batch.retries > 0)).all()
+        statuses = set(session.scalars(select(Batch.status)))
+    assert retried, "no batch was retried"
+    assert statuses == {"done"}
+    assert migration.repeats(scps) == {uid: 2 for uid in chosen}

@@ -1,0 +1,70 @@
+"""Automatic retries of a batch whose instances failed for a transient reason.
+
+A transient failure is one that a later attempt may not meet: the
+association failed, no C-STORE response arrived in time, or the
+destination was out of resources (0xA7xx). After each run of a batch its
+transiently failed instances go back to the plan with exponential backoff,
+and only those are sent again. Once ``retries.max_retries`` are used up
+the batch is marked failed with the most frequent reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import timedelta
+
+from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from migrator import audit
+from migrator.config import RetryConfig
+from migrator.pipeline.lease import Lease
+from migrator.state.models import AuditEntry, Batch, Instance, Outcome
+
+LOGGER = logging.getLogger(__name__)
+
+
+def backoff(config: RetryConfig, retry: int) -> int:
+    """Return the wait in seconds before automatic retry number ``retry``, counted from 1."""
+    return int(get_exponential_backoff_interval(config.backoff_seconds, retry - 1,
+                                                config.max_backoff_seconds))
+
+
+def transient_failures(session: Session, batch_id: int) -> list[tuple[int, str]]:
+    """Return (instance id, reason) of the batch's instances whose last attempt failed transiently."""
+    last_attempt = (select(func.max(AuditEntry.id)).where(AuditEntry.instance_id == Instance.id)
+                    .correlate(Instance).scalar_subquery())
+    rows = session.execute(
+        select(Instance.id, AuditEntry.reason)
+        .join(AuditEntry, AuditEntry.id == last_attempt)
+        .where(Instance.batch_id == batch_id, Instance.outcome == Outcome.FAILED.value,
+               AuditEntry.transient.is_(True)))
+    return [(instance_id, reason or "") for instance_id, reason in rows]
+
+
+def finish_or_retry(session: Session, lease: Lease, config: RetryConfig) -> int:
+    """Finish the batch, schedule its retry, or mark it failed after the last retry.
+
+    Returns how many instances went back to the plan for a retry.
+    """
+    failures = transient_failures(session, lease.batch_id)
+    if not failures:
+        lease.finish(session)
+        return 0
+    retries = session.scalar(select(Batch.retries).where(Batch.id == lease.batch_id)) or 0
+    reason = Counter(reason for _, reason in failures).most_common(1)[0][0]
+    if retries >= config.max_retries:
+        lease.fail(session, f"{len(failures)} instance(s) still failed after {retries} automatic "
+                            f"retries: {reason}")
+        LOGGER.error("batch %d failed: %d instance(s) still failed after %d automatic retries (%s); "
+                     "'migrator requeue' returns them to the plan", lease.batch_id, len(failures),
+                     retries, reason)
+        return 0
+    delay = backoff(config, retries + 1)
+    lease.retry_later(session, audit.now() + timedelta(seconds=delay), [i for i, _ in failures])
+    LOGGER.warning("batch %d: %d instance(s) failed for a transient reason (%s); retry %d of %d "
+                   "in %d s", lease.batch_id, len(failures), reason, retries + 1, config.max_retries,
+                   delay)
+    return len(failures)
