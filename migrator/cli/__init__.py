@@ -61,7 +61,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at 
 
 
 #: Modules that register subcommands on ``app`` when imported.
-COMMAND_MODULES = ["config_cmd", "control", "demo", "plan", "sinbin", "start", "status", "trace", "worker"]
+COMMAND_MODULES = ["config_cmd", "control", "demo", "plan", "report", "sinbin", "start", "status", "trace",
+                   "worker"]
 
 
 def load_commands() -> typer.Typer:
