@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from migrator.state.models import (
@@ -16,6 +16,7 @@ from migrator.state.models import (
     Outcome,
     StorageRoot,
 )
+from migrator.state.queries import last_attempts
 
 CHUNK = 1000
 
@@ -29,12 +30,13 @@ def requeue_failed(session: Session, root: str | None = None, reason: str | None
     outcome, so the next run sends only what failed. Returns (instances,
     batches) returned to the plan.
     """
-    last_attempt = (select(func.max(AuditEntry.id)).where(AuditEntry.instance_id == Instance.id)
-                    .correlate(Instance).scalar_subquery())
+    last = last_attempts(Instance.outcome == Outcome.FAILED.value)
     query = (select(Instance.id, Instance.batch_id)
+             .select_from(last)
+             .join(AuditEntry, AuditEntry.id == last.c.id)
+             .join(Instance, Instance.id == AuditEntry.instance_id)
              .join(Batch, Batch.id == Instance.batch_id)
-             .join(AuditEntry, AuditEntry.id == last_attempt)
-             .where(Instance.outcome == Outcome.FAILED.value, Batch.status.in_(FINISHED)))
+             .where(Batch.status.in_(FINISHED)))
     if root:
         query = query.join(StorageRoot, StorageRoot.id == Instance.root_id).where(StorageRoot.name == root)
     if reason:

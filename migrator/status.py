@@ -18,6 +18,7 @@ from migrator.state.models import (
     Outcome,
     StorageRoot,
 )
+from migrator.state.queries import last_attempts
 
 PENDING = "pending"
 
@@ -100,12 +101,12 @@ class FailedInstance:
 
 def failed_instances(session: Session, limit: int) -> list[FailedInstance]:
     """Return up to ``limit`` failed instances with the reason of their last attempt."""
-    last_attempt = (select(func.max(AuditEntry.id)).where(AuditEntry.instance_id == Instance.id)
-                    .correlate(Instance).scalar_subquery())
+    last = last_attempts(Instance.outcome == Outcome.FAILED.value)
     rows = session.execute(
         select(Instance.id, StorageRoot.name, Instance.rel_path, AuditEntry.destination, AuditEntry.reason)
+        .select_from(last)
+        .join(AuditEntry, AuditEntry.id == last.c.id)
+        .join(Instance, Instance.id == AuditEntry.instance_id)
         .join(StorageRoot, StorageRoot.id == Instance.root_id)
-        .join(AuditEntry, AuditEntry.id == last_attempt)
-        .where(Instance.outcome == Outcome.FAILED.value)
         .order_by(Instance.id).limit(limit))
     return [FailedInstance(*row) for row in rows]

@@ -15,13 +15,14 @@ from collections import Counter
 from datetime import timedelta
 
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from migrator import audit
 from migrator.config import RetryConfig
 from migrator.pipeline.lease import Lease
 from migrator.state.models import AuditEntry, Batch, Instance, Outcome
+from migrator.state.queries import last_attempts
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,13 +35,11 @@ def backoff(config: RetryConfig, retry: int) -> int:
 
 def transient_failures(session: Session, batch_id: int) -> list[tuple[int, str]]:
     """Return (instance id, reason) of the batch's instances whose last attempt failed transiently."""
-    last_attempt = (select(func.max(AuditEntry.id)).where(AuditEntry.instance_id == Instance.id)
-                    .correlate(Instance).scalar_subquery())
+    last = last_attempts(Instance.batch_id == batch_id, Instance.outcome == Outcome.FAILED.value)
     rows = session.execute(
-        select(Instance.id, AuditEntry.reason)
-        .join(AuditEntry, AuditEntry.id == last_attempt)
-        .where(Instance.batch_id == batch_id, Instance.outcome == Outcome.FAILED.value,
-               AuditEntry.transient.is_(True)))
+        select(AuditEntry.instance_id, AuditEntry.reason)
+        .join(last, last.c.id == AuditEntry.id)
+        .where(AuditEntry.transient.is_(True)))
     return [(instance_id, reason or "") for instance_id, reason in rows]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from datetime import timedelta
-
 from typing import Any
 
 import matplotlib

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from migrator.report.sql import as_utc
 from migrator.state.models import AuditEntry, Instance, Outcome, SinBinItem, StorageRoot
+from migrator.state.queries import last_attempts
 from migrator.status import PENDING
 
 #: Outcome columns in the order the report shows them.
@@ -98,12 +99,7 @@ def read_failure_reasons(session: Session, top: int) -> list[FailureReason]:
     NOTE: a file that failed to parse at delivery carries pydicom's error
     message, which could quote a value from that file.
     """
-    # A grouped subquery, not a correlated one: PostgreSQL would run a
-    # correlated subquery once per audit row instead of once per failed instance.
-    last_attempts = (select(func.max(AuditEntry.id).label("id"))
-                     .join(Instance, Instance.id == AuditEntry.instance_id)
-                     .where(Instance.outcome == Outcome.FAILED.value)
-                     .group_by(AuditEntry.instance_id).subquery("last_attempt"))
+    last = last_attempts(Instance.outcome == Outcome.FAILED.value)
     # Literal SQL, not bound parameters, because PostgreSQL accepts the GROUP BY
     # only when it can match the grouped expression with the selected one.
     reason = case(
@@ -114,8 +110,8 @@ def read_failure_reasons(session: Session, top: int) -> list[FailureReason]:
     count = func.count(Instance.id)
     rows = session.execute(
         select(AuditEntry.destination, AuditEntry.dimse_status, reason, count)
-        .select_from(last_attempts)
-        .join(AuditEntry, AuditEntry.id == last_attempts.c.id)
+        .select_from(last)
+        .join(AuditEntry, AuditEntry.id == last.c.id)
         .join(Instance, Instance.id == AuditEntry.instance_id)
         .group_by(AuditEntry.destination, AuditEntry.dimse_status, reason)
         .order_by(count.desc(), AuditEntry.destination, AuditEntry.dimse_status, reason)

@@ -13,8 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections import Counter
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,7 +30,14 @@ from migrator.controls import is_paused
 from migrator.errors import MigratorError
 from migrator.pipeline import BatchResult, migrate_batch
 from migrator.pipeline.lease import owner_is_gone
-from migrator.state.models import FINISHED, REPLANNED, Batch, BatchStatus, Instance, Outcome
+from migrator.state.models import (
+    FINISHED,
+    REPLANNED,
+    Batch,
+    BatchStatus,
+    Instance,
+    Outcome,
+)
 from scheduler.dispatch.preflight import check_legacy_matches
 
 LOGGER = logging.getLogger(__name__)
