@@ -120,7 +120,7 @@ class LegacyConfig(DatabaseConfig):
     def _query_binds_uids(cls, value: str) -> str:
         if ":uids" not in value:
             raise ValueError("the query must filter with 'IN :uids' on the SOP Instance UID column")
-        if "SOPInstanceUID" not in value:
+        if "sopinstanceuid" not in value.lower():
             raise ValueError("the query must return a column aliased SOPInstanceUID")
         return value
 

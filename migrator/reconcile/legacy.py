@@ -18,6 +18,8 @@ from migrator.errors import LegacyDatabaseError
 
 LOGGER = logging.getLogger(__name__)
 
+_KEYWORDS_BY_LOWER = {keyword.lower(): keyword for keyword in keyword_dict}
+
 #: One legacy row: DICOM keyword -> value as the database returned it.
 LegacyRow = dict[str, Any]
 
@@ -42,21 +44,33 @@ class LegacyDatabase:
         # hide_parameters keeps a failed query's UID list out of the error message.
         self.engine = engine or create_engine(url, pool_pre_ping=True, hide_parameters=True)
         self._query = text(config.query).bindparams(bindparam("uids", expanding=True))
-        self._checked_columns = False
+        self._names: dict[str, str] | None = None
 
-    def _check_columns(self, columns: Iterable[str]) -> None:
+    def _map_columns(self, columns: Iterable[str]) -> dict[str, str]:
+        """Return column name -> DICOM keyword (or the path column), matched without regard to case.
+
+        PostgreSQL folds unquoted aliases to lower case and Oracle to upper
+        case, so ``AS PatientID`` arrives as ``patientid`` or ``PATIENTID``.
+        """
         path_column = self.config.path_column
+        names: dict[str, str] = {}
         for column in columns:
-            if column == path_column:
+            if path_column and column.lower() == path_column.lower():
+                names[column] = path_column
                 continue
-            if column not in keyword_dict:
+            keyword = column if column in keyword_dict else _KEYWORDS_BY_LOWER.get(column.lower())
+            if keyword is None:
                 hint = (f" or correct legacy.path_column ('{path_column}') if this is the path column"
                         if path_column else "")
                 raise LegacyDatabaseError(
                     f"the reconciliation query returns column '{column}', which is not a "
                     f"DICOM keyword; alias every column to a keyword such as PatientID{hint}"
                 )
-        self._checked_columns = True
+            names[column] = keyword
+        if "SOPInstanceUID" not in names.values():
+            raise LegacyDatabaseError("the reconciliation query returns no SOPInstanceUID column; "
+                                      "select the SOP Instance UID AS SOPInstanceUID")
+        return names
 
     def fetch(self, uids: Iterable[str]) -> dict[str, LegacyRow]:
         """Return the legacy row of each UID that has one.
@@ -70,10 +84,12 @@ class LegacyDatabase:
             with self.engine.connect() as connection:
                 for chunk in chunked(wanted, self.config.chunk_size):
                     result = connection.execute(self._query, {"uids": list(chunk)})
-                    if not self._checked_columns:
-                        self._check_columns(result.keys())
+                    if self._names is None:
+                        self._names = self._map_columns(result.keys())
+                    names = self._names
                     for row in result.mappings():
-                        rows[str(row["SOPInstanceUID"]).strip()] = dict(row)
+                        values = {names[column]: value for column, value in row.items()}
+                        rows[str(values["SOPInstanceUID"]).strip()] = values
         except SQLAlchemyError as exc:
             url = self.engine.url.render_as_string(hide_password=True)
             raise LegacyDatabaseError(f"the reconciliation query failed on {url}: {exc}") from exc

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
 
 from migrator.config import LegacyConfig
 from migrator.errors import LegacyDatabaseError
@@ -260,3 +260,49 @@ def test_legacy_values_drops_key_path_and_empty() -> None:
     }
 
     assert legacy_values(row, "FilePath") == {"PatientID": "P001", "PatientBirthDate": "19700102"}
+
+
+def test_lower_case_aliases_on_postgresql(postgres_url: str) -> None:
+    """PostgreSQL folds unquoted aliases to lower case; rows still carry DICOM keywords."""
+    engine = create_engine(postgres_url)
+    with engine.begin() as connection:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(text(statement))
+        connection.execute(text("INSERT INTO patient VALUES (1, 'P001', 'DOE^JANE', '19700102')"))
+        connection.execute(text(f"INSERT INTO study VALUES (1, 1, '{UID_ROOT}1.1', 'ACC001')"))
+        connection.execute(text(f"INSERT INTO instance VALUES (1, 1, '{instance_uid(1)}', 'x.dcm')"))
+    engine.dispose()
+    database = LegacyDatabase(legacy_config(url=postgres_url))
+
+    rows = database.fetch([instance_uid(1)])
+    database.engine.dispose()
+
+    row = rows[instance_uid(1)]
+    assert row["PatientID"] == "P001"
+    assert row["StudyInstanceUID"] == f"{UID_ROOT}1.1"
+    assert row["FilePath"] == "x.dcm"
+
+
+def test_upper_case_aliases(legacy_folder: Path) -> None:
+    """Oracle returns unquoted aliases in upper case; they match their keywords too."""
+    query = QUERY.replace("AS PatientName", 'AS "PATIENTNAME"').replace("AS FilePath", 'AS "FILEPATH"')
+    database = LegacyDatabase(legacy_config(query=query), base_dir=legacy_folder)
+
+    rows = database.fetch([instance_uid(1)])
+    database.engine.dispose()
+
+    assert rows[instance_uid(1)]["PatientName"] == "DOE^JANE"
+    assert rows[instance_uid(1)]["FilePath"] == "\\\\pacs01\\share03\\00001.dcm"
+
+
+def test_missing_sop_instance_uid_column_raises(legacy_folder: Path) -> None:
+    # The comment passes the configuration check, which only searches the text.
+    query = QUERY.replace("AS SOPInstanceUID", "AS SeriesInstanceUID") + "-- SOPInstanceUID\n"
+    database = LegacyDatabase(legacy_config(query=query), base_dir=legacy_folder)
+
+    with pytest.raises(LegacyDatabaseError) as caught:
+        database.fetch([instance_uid(1)])
+    database.engine.dispose()
+
+    assert "no SOPInstanceUID column" in str(caught.value)
