@@ -260,6 +260,9 @@ class BrokerConfig(Frozen):
     queue_prefix: str = Field(default="migrator", pattern=r"^[A-Za-z0-9_.-]+$")
     #: Batches queued or running per root at once, so the broker never contains the whole plan.
     max_in_flight_per_root: int = Field(default=4, ge=1)
+    #: Folder index tasks queued or running per root at once during
+    #: ``migrator plan --distributed``; each task indexes one folder.
+    max_index_tasks_per_root: int = Field(default=64, ge=1)
     #: Other limits at certain hours, for example fewer batches during
     #: clinical hours. The first window that contains the time applies.
     windows: list[Window] = []

@@ -20,6 +20,10 @@ def plan_command(
     mode: Annotated[str | None, typer.Option(
         help="Batching: 'stripe' (whole studies across folders) or 'folder' (folder by folder). "
              "Defaults to batches.mode in the configuration.")] = None,
+    distributed: Annotated[bool, typer.Option(
+        "--distributed",
+        help="Index on the Celery workers, one task per folder on each root's queue. Needs the "
+             "[broker] section and running workers; resumes an interrupted distributed plan.")] = False,
 ) -> None:
     """Index every storage root (only new or changed files) and cut batches."""
     settings = load(config)
@@ -32,8 +36,14 @@ def plan_command(
                       TimeElapsedColumn(), console=console, transient=False) as progress:
             tasks = {root.name: progress.add_task(f"indexing {root.name}", total=None)
                      for root in settings.roots}
+
+            def show_folders(root: str, done: int, waiting: int) -> None:
+                progress.update(tasks[root], description=f"indexing {root}: {done} folders done, "
+                                                         f"{waiting} waiting")
+
             summaries = plan(settings, sessions, batch_mode,
-                             lambda root, count: progress.advance(tasks[root], count))
+                             lambda root, count: progress.advance(tasks[root], count),
+                             distributed=distributed, on_folders=show_folders)
     except MigratorError as exc:
         raise fail(exc) from None
     print_summary(summaries)

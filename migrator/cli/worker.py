@@ -17,7 +17,7 @@ def worker_command(
         help="Comma-separated storage root names this worker serves; default all.")] = None,
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
-    """Run a Celery worker that migrates batches from the queues of the given roots."""
+    """Run a Celery worker that indexes folders and migrates batches from the queues of the given roots."""
     settings = load(config)
     if settings.broker is None:
         raise fail(ValueError(f"{config} has no [broker] section; the embedded mode needs no worker"))
@@ -29,6 +29,7 @@ def worker_command(
     from workers.app import app as celery_app  # reads MIGRATOR_CONFIG when imported
 
     queues = ",".join(settings.broker.queue(name) for name in names)
+    # --task-events: Flower shows tasks only from their events.
     celery_app.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency),
-                            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                            "--loglevel", "INFO", "--task-events", "--without-gossip", "--without-mingle",
                             "--hostname", f"migrator-{'+'.join(names)}@%h"])

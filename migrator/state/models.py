@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -195,3 +196,69 @@ class RunControl(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: The host and user that set it, for the audit of operator actions.
     updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class IndexFolderStatus(str, enum.Enum):
+    """The state of one folder in a distributed indexing run."""
+
+    #: Found, not yet sent to its root's queue.
+    PENDING = "pending"
+    #: Sent to its root's queue, not yet claimed by a worker.
+    QUEUED = "queued"
+    RUNNING = "running"
+    #: Indexed, or recorded with the error that kept it from being listed.
+    DONE = "done"
+
+
+class IndexRun(Base):
+    """One ``migrator plan --distributed`` whose folders the workers index."""
+
+    __tablename__ = "index_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: NULL while folders remain; the next distributed plan resumes such a run.
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The host that ran the planner.
+    host: Mapped[str] = mapped_column(String(255))
+
+
+class IndexFolder(Base):
+    """One folder of a distributed indexing run, indexed by one worker task.
+
+    The counters hold what indexing the folder found, and the worker
+    writes them in the transaction that writes the folder's instances, so
+    the sums over a run equal the summary of a local walk.
+    """
+
+    __tablename__ = "index_folders"
+    __table_args__ = (Index("ix_index_folders_run_status", "run_id", "status", "root_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    root_id: Mapped[int] = mapped_column(ForeignKey("storage_roots.id"))
+    #: Path relative to the root as ``Instance.folder`` stores it; "" is the root itself.
+    folder: Mapped[str] = mapped_column(Text)
+    #: The path's bytes when it is not valid UTF-8 (``folder`` then has ``\xNN`` escapes).
+    raw_folder: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default=IndexFolderStatus.PENDING.value)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The worker process ("host:pid") that holds the folder, and when its lease expires.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The Celery worker node name (``migrator-ROOTS@host``) that indexed the folder.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: True once the planner has counted the folder in its progress display.
+    reported: Mapped[bool] = mapped_column(Boolean, default=False)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    new: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    unreadable: Mapped[int] = mapped_column(Integer, default=0)
+    changed_after_outcome: Mapped[int] = mapped_column(Integer, default=0)
+    gone: Mapped[int] = mapped_column(Integer, default=0)
+    #: Why the folder could not be listed; NULL when it was.
+    error: Mapped[str | None] = mapped_column(Text)
+    #: Symbolic links in the folder that the walk did not follow, with the reason.
+    skipped_links: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.config import Settings
 from migrator.state.models import Batch, Instance, StorageRoot
 from scheduler.plan.batches import Limits, Mode, cut_batches
+from scheduler.plan.distributed import index_roots_distributed
 from scheduler.plan.index import RootIndexSummary, index_roots
 
 
@@ -30,10 +31,19 @@ class RootPlanSummary:
 
 
 def plan(settings: Settings, sessions: sessionmaker[Session], mode: Mode | None = None,
-         on_progress: Callable[[str, int], None] | None = None) -> list[RootPlanSummary]:
-    """Bring the index up to date and batch everything not yet batched."""
+         on_progress: Callable[[str, int], None] | None = None, distributed: bool = False,
+         on_folders: Callable[[str, int, int], None] | None = None) -> list[RootPlanSummary]:
+    """Bring the index up to date and batch everything not yet batched.
+
+    With ``distributed`` the Celery workers of each root index it (see
+    :mod:`scheduler.plan.distributed`), and ``on_folders`` is called with
+    (root name, folders done, folders waiting). Batches are cut here either way.
+    """
     mode = mode or settings.batches.mode
-    walked = index_roots(settings, sessions, on_progress)
+    if distributed:
+        walked = index_roots_distributed(settings, sessions, on_progress, on_folders)
+    else:
+        walked = index_roots(settings, sessions, on_progress)
     limits = Limits(settings.batches.max_instances, int(settings.batches.max_megabytes * 1024 * 1024))
     with sessions() as session:
         root_ids = dict(session.execute(select(StorageRoot.name, StorageRoot.id)).all())

@@ -1,0 +1,104 @@
+"""Listing one folder of a storage root and parsing the headers of its files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.dicom.read import UnreadableFile, read_header
+
+
+@dataclass(frozen=True)
+class FileStat:
+    name: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """A file's index fields, or the reason it could not be parsed."""
+
+    rel_path: str
+    folder: str
+    size: int
+    mtime_ns: int
+    fields: dict[str, object]
+    parse_error: str | None
+
+
+def list_folder(root: Path, folder: str, real_root: Path,
+                skipped_links: list[str]) -> tuple[list[FileStat], list[str]]:
+    """Return the files of ``folder`` (relative to ``root``) in name order, and its subfolders.
+
+    ``real_root`` is ``root.resolve()``. A symbolic link to a file inside
+    the root is listed under the link's name. Other links (to folders, out
+    of the root, or broken) are not followed, so a link loop or a link out
+    of the root cannot make a walk leave the root or never end. They are
+    appended to ``skipped_links``.
+
+    Raises
+    ------
+    OSError
+        The folder cannot be listed; :func:`folder_error` words the message.
+    """
+    files: list[FileStat] = []
+    subfolders: list[str] = []
+    with os.scandir(root / folder) as entries:
+        for entry in entries:
+            rel = f"{folder}/{entry.name}" if folder else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
+            elif entry.is_symlink():
+                target = Path(entry.path).resolve()
+                if target.is_file() and target.is_relative_to(real_root):
+                    stat = entry.stat()
+                    files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
+                else:
+                    skipped_links.append(
+                        f"{entry.path}: symbolic link to {target}, which is not a file "
+                        "inside the root; not followed")
+    return sorted(files, key=lambda f: f.name), subfolders
+
+
+def folder_error(root: Path, folder: str, exc: OSError) -> str:
+    """Return the plan's message for a folder that cannot be listed."""
+    return f"{root / folder}: cannot list the folder: {exc.strerror or exc}"
+
+
+def storable(path: str) -> str:
+    """Return ``path`` as the index stores it.
+
+    A name that is not valid UTF-8 (Python keeps its bad bytes as
+    surrogates) cannot be stored in a text column, so its bad bytes are
+    written as ``\\xNN`` escapes.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
+def parse_folder(root: str, folder: str, files: list[FileStat]) -> list[ParsedFile]:
+    """Parse the header of each file; runs in a planning pool process or a Celery worker."""
+    parsed = []
+    for stat in files:
+        rel_path = f"{folder}/{stat.name}" if folder else stat.name
+        stored = storable(rel_path)
+        fields: dict[str, object] = {}
+        error = None
+        if stored != rel_path:
+            error = ("the path is not valid UTF-8; rename the file or folder to UTF-8 "
+                     "and run 'migrator plan' again")
+        else:
+            try:
+                fields = dict(read_header(Path(root) / rel_path).__dict__)
+            except UnreadableFile as exc:
+                error = str(exc)
+        parsed.append(ParsedFile(stored, storable(folder), stat.size, stat.mtime_ns, fields, error))
+    return parsed
