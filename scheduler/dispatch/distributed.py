@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from celery import Celery
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +22,7 @@ from migrator.context import RunContext
 from migrator.controls import is_paused
 from migrator.pipeline import MIGRATE_BATCH_TASK
 from migrator.state.models import Batch, BatchStatus, Instance, StorageRoot
+from migrator.task_events import sender_app
 from scheduler.dispatch.embedded import prepare
 from scheduler.dispatch.preflight import check_legacy_matches
 
@@ -39,8 +39,7 @@ Send = Callable[[int, str], None]
 def celery_sender(settings: Settings) -> Send:
     """Return a function that queues a batch id on its root's queue."""
     assert settings.broker is not None
-    app = Celery("pacs_migrator_dispatch", broker=settings.broker.broker_url())
-    app.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
+    app = sender_app(settings, "pacs_migrator_dispatch")
 
     def send(batch_id: int, queue: str) -> None:
         # The shadow name shows the queue (and so the root) in Flower and the logs.
