@@ -158,6 +158,18 @@ class DestinationConfig(Frozen):
     #: destination for circuit_breaker_seconds; needs [broker].
     circuit_breaker_failures: int = Field(default=5, ge=1)
     circuit_breaker_seconds: float = Field(default=300, gt=0)
+    #: ``migrator verify``: the destination's own limit on matches per C-FIND,
+    #: if it has one (Orthanc: LimitFindResults, LimitFindInstances). A
+    #: response with this many matches is treated as cut short and split.
+    verify_max_results: int | None = Field(default=None, ge=1)
+    #: ``migrator verify``: send the Study Instance UIDs of a chunk in one
+    #: C-FIND (UID list matching). False sends one C-FIND per study.
+    verify_uid_lists: bool = True
+    #: ``migrator verify``: a name for the archive this destination stores
+    #: into. Destinations with the same name (two ports of one PACS) are
+    #: verified as one: C-FIND goes to the first of them, and an instance
+    #: delivered to any of them is expected there.
+    verify_archive: str | None = None
 
 
 class RouteRule(Frozen):
