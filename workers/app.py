@@ -18,7 +18,7 @@ from celery.signals import worker_process_init
 from migrator.audit import HOST
 from migrator.config import Settings, load_settings
 from migrator.context import RunContext
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, StateError
 from migrator.index import INDEX_FOLDER_TASK
 from migrator.index.distributed import index_folder as run_index_folder
 from migrator.pipeline import MIGRATE_BATCH_TASK
@@ -78,10 +78,22 @@ def _context() -> RunContext:
     return _CONTEXT
 
 
-@app.task(name=MIGRATE_BATCH_TASK)
-def migrate_batch(batch_id: int) -> dict[str, int]:
-    """Migrate one batch by id; returns its outcome counts."""
-    result = run_batch(_context(), batch_id)
+#: Seconds before a batch task whose claim found the state database down is delivered again.
+STATE_RETRY_SECONDS = 10
+
+
+@app.task(name=MIGRATE_BATCH_TASK, bind=True)
+def migrate_batch(self: Task, batch_id: int) -> dict[str, int]:
+    """Migrate one batch by id; returns its outcome counts.
+
+    While the state database cannot be reached the task is sent again
+    every STATE_RETRY_SECONDS, without a limit: the batch stays queued.
+    """
+    try:
+        result = run_batch(_context(), batch_id)
+    except StateError as exc:
+        LOGGER.warning("%s; trying again in %d s", exc, STATE_RETRY_SECONDS)
+        raise self.retry(countdown=STATE_RETRY_SECONDS, max_retries=None) from exc
     return dict(result.outcomes)
 
 

@@ -29,11 +29,16 @@ class CircuitBreaker:
         base = f"{self._prefix}:circuit:{destination}"
         return f"{base}:failures", f"{base}:open"
 
-    def check(self, destination: str) -> None:
-        """Raise DestinationError while the circuit of ``destination`` is open."""
+    def remaining(self, destination: str) -> int:
+        """Return the seconds for which the circuit of ``destination`` stays open; 0 when closed."""
         _, open_key = self._keys(destination)
         remaining = self._redis.ttl(open_key)
-        if isinstance(remaining, int) and remaining > 0:
+        return remaining if isinstance(remaining, int) and remaining > 0 else 0
+
+    def check(self, destination: str) -> None:
+        """Raise DestinationError while the circuit of ``destination`` is open."""
+        remaining = self.remaining(destination)
+        if remaining:
             raise DestinationError(
                 f"destination {destination} is paused for {remaining} s more after repeated "
                 "association failures (circuit breaker); these instances were not tried, and "

@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from migrator import audit
 from migrator.config import SKIP
 from migrator.context import RunContext
+from migrator.errors import StateError
 from migrator.pipeline.decide import Decision, decide
 from migrator.pipeline.deliver import deliver
 from migrator.pipeline.lease import Lease, LeaseLost, claim
-from migrator.pipeline.retry import finish_or_retry
+from migrator.pipeline.retry import backoff, finish_or_retry
 from migrator.state.models import Instance, Outcome, StorageRoot
 
 LOGGER = logging.getLogger(__name__)
+
 
 @dataclass
 class BatchResult:
@@ -28,16 +33,29 @@ class BatchResult:
     outcomes: Counter[str] = field(default_factory=Counter)
     #: Instances that failed for a transient reason and wait for an automatic retry.
     retrying: int = 0
+    #: True when the state database or Redis failed and the batch went back to the plan.
+    interrupted: bool = False
 
 
 def migrate_batch(context: RunContext, batch_id: int) -> BatchResult:
     """Migrate every instance of the batch that has no outcome yet.
 
     Instances that already have an outcome (sent before an interruption) are
-    left alone, so running a batch again never sends anything twice.
+    left alone, so running a batch again never sends anything twice. When
+    the state database or Redis fails in the middle of the batch, the batch
+    goes back to the plan for a later attempt instead of staying leased.
+
+    Raises
+    ------
+    StateError
+        The state database could not be reached to claim the batch; nothing was done.
     """
     with context.sessions() as session:
-        lease = claim(session, batch_id, context.owner)
+        try:
+            lease = claim(session, batch_id, context.owner)
+        except OperationalError as exc:
+            raise StateError(f"cannot claim batch {batch_id}: the state database is unavailable "
+                             f"({exc.orig})") from exc
         if lease is None:
             LOGGER.info("batch %d is done or leased to another worker; skipped", batch_id)
             return BatchResult(batch_id, claimed=False)
@@ -46,6 +64,21 @@ def migrate_batch(context: RunContext, batch_id: int) -> BatchResult:
         except LeaseLost as exc:
             LOGGER.warning("%s; this worker stops work on it", exc)
             return BatchResult(batch_id, claimed=False)
+        except (SQLAlchemyError, RedisError) as exc:
+            session.invalidate()
+            delay = backoff(context.settings.retries, 1)
+            LOGGER.error("batch %d stopped: %s; it goes back to the plan and is tried again in %d s",
+                         batch_id, _describe(exc), delay)
+            lease.give_back(context.sessions, audit.now() + timedelta(seconds=delay))
+            return BatchResult(batch_id, claimed=True, interrupted=True)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, DBAPIError):
+        return f"the state database failed: {exc.orig}"
+    if isinstance(exc, SQLAlchemyError):
+        return f"the state database failed: {exc}"
+    return f"Redis failed: {exc}"
 
 
 def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult:
@@ -69,7 +102,7 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
     session.commit()
     for target, group in by_target.items():
         deliver(context, session, lease, target, group)
-    retrying = finish_or_retry(session, lease, context.settings.retries)
+    retrying = finish_or_retry(session, lease, context.settings.retries, context.breaker)
     # Count only the instances this call migrated, not earlier runs' outcomes,
     # and not those waiting for a retry.
     ids = [instance.id for instance, _ in rows]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
 from migrator.errors import MigratorError
@@ -24,6 +26,8 @@ LOGGER = logging.getLogger(__name__)
 #: How long a lease lasts without renewal. It must outlast the longest
 #: single C-STORE (the DIMSE timeout) plus a new association.
 LEASE = timedelta(minutes=10)
+#: How often a worker tries to reach the state database to give a batch back.
+GIVE_BACK_POLL_SECONDS = 2.0
 #: How often a running batch renews its lease.
 RENEW_EVERY = timedelta(seconds=30)
 
@@ -122,18 +126,43 @@ class Lease:
         self._release(session, status=BatchStatus.FAILED.value, finished_at=audit.now(),
                       failure_reason=reason)
 
-    def retry_later(self, session: Session, retry_at: datetime, instance_ids: list[int]) -> None:
+    def retry_later(self, session: Session, retry_at: datetime, instance_ids: list[int],
+                    count: bool = True) -> None:
         """Return the batch and ``instance_ids`` to the plan, not to be claimed before ``retry_at``.
 
         The batch and its instances change in one transaction, and only
-        while this worker holds the lease.
+        while this worker holds the lease. ``count`` adds one to the batch's
+        automatic retries.
         """
+        retries = Batch.retries + 1 if count else Batch.retries
         if self._release(session, commit=False, status=BatchStatus.PLANNED.value,
-                         retry_at=retry_at, retries=Batch.retries + 1):
+                         retry_at=retry_at, retries=retries):
             for start in range(0, len(instance_ids), 1000):
                 session.execute(update(Instance).where(Instance.id.in_(instance_ids[start:start + 1000]))
                                 .values(outcome=None))
         session.commit()
+
+    def give_back(self, sessions: sessionmaker[Session], retry_at: datetime) -> None:
+        """Return the batch to the plan after a failure of the state database or Redis.
+
+        Tries with new connections until the state database answers, for at
+        most the lease's length; after that the lease has expired and
+        another worker may take the batch over anyway.
+        """
+        deadline = time.monotonic() + LEASE.total_seconds()
+        while True:
+            try:
+                with sessions() as session:
+                    self._release(session, status=BatchStatus.PLANNED.value, retry_at=retry_at)
+                return
+            except OperationalError as exc:
+                if time.monotonic() > deadline:
+                    LOGGER.error("batch %d: the state database is still unavailable (%s); its "
+                                 "lease expires and another worker takes it over", self.batch_id, exc.orig)
+                    return
+                LOGGER.warning("batch %d: waiting for the state database to return it to the plan",
+                               self.batch_id)
+                time.sleep(GIVE_BACK_POLL_SECONDS)
 
     def _release(self, session: Session, commit: bool = True, **values: object) -> bool:
         result = session.execute(update(Batch)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from migrator import audit
 from migrator.config import RetryConfig
+from migrator.dicom.breaker import CircuitBreaker
 from migrator.pipeline.lease import Lease
 from migrator.state.models import AuditEntry, Batch, Instance, Outcome
 from migrator.state.queries import last_attempts
@@ -33,37 +34,56 @@ def backoff(config: RetryConfig, retry: int) -> int:
                                                 config.max_backoff_seconds))
 
 
-def transient_failures(session: Session, batch_id: int) -> list[tuple[int, str]]:
-    """Return (instance id, reason) of the batch's instances whose last attempt failed transiently."""
+def transient_failures(session: Session, batch_id: int) -> list[tuple[int, str | None, str]]:
+    """Return (instance id, destination, reason) of the batch's instances whose last attempt failed transiently."""
     last = last_attempts(Instance.batch_id == batch_id, Instance.outcome == Outcome.FAILED.value)
     rows = session.execute(
-        select(AuditEntry.instance_id, AuditEntry.reason)
+        select(AuditEntry.instance_id, AuditEntry.destination, AuditEntry.reason)
         .join(last, last.c.id == AuditEntry.id)
         .where(AuditEntry.transient.is_(True)))
-    return [(instance_id, reason or "") for instance_id, reason in rows]
+    return [(instance_id, destination, reason or "") for instance_id, destination, reason in rows]
 
 
-def finish_or_retry(session: Session, lease: Lease, config: RetryConfig) -> int:
+def finish_or_retry(session: Session, lease: Lease, config: RetryConfig,
+                    breaker: CircuitBreaker | None = None) -> int:
     """Finish the batch, schedule its retry, or mark it failed after the last retry.
 
+    When every transient failure is at a destination whose circuit breaker
+    is open, those instances were not tried: the batch waits until the
+    circuit closes, and that wait does not count as a retry.
     Returns how many instances went back to the plan for a retry.
     """
     failures = transient_failures(session, lease.batch_id)
     if not failures:
         lease.finish(session)
         return 0
+    ids = [instance_id for instance_id, _, _ in failures]
+    reason = Counter(reason for _, _, reason in failures).most_common(1)[0][0]
     retries = session.scalar(select(Batch.retries).where(Batch.id == lease.batch_id)) or 0
-    reason = Counter(reason for _, reason in failures).most_common(1)[0][0]
+    circuit_wait = _circuit_wait(breaker, {destination for _, destination, _ in failures})
+    if circuit_wait and retries < config.max_retries:
+        lease.retry_later(session, audit.now() + timedelta(seconds=circuit_wait), ids, count=False)
+        LOGGER.warning("batch %d: %d instance(s) wait %d s for the circuit breaker to close",
+                       lease.batch_id, len(ids), circuit_wait)
+        return len(ids)
     if retries >= config.max_retries:
-        lease.fail(session, f"{len(failures)} instance(s) still failed after {retries} automatic "
+        lease.fail(session, f"{len(ids)} instance(s) still failed after {retries} automatic "
                             f"retries: {reason}")
         LOGGER.error("batch %d failed: %d instance(s) still failed after %d automatic retries (%s); "
-                     "'migrator requeue' returns them to the plan", lease.batch_id, len(failures),
+                     "'migrator requeue' returns them to the plan", lease.batch_id, len(ids),
                      retries, reason)
         return 0
     delay = backoff(config, retries + 1)
-    lease.retry_later(session, audit.now() + timedelta(seconds=delay), [i for i, _ in failures])
+    lease.retry_later(session, audit.now() + timedelta(seconds=delay), ids)
     LOGGER.warning("batch %d: %d instance(s) failed for a transient reason (%s); retry %d of %d "
-                   "in %d s", lease.batch_id, len(failures), reason, retries + 1, config.max_retries,
+                   "in %d s", lease.batch_id, len(ids), reason, retries + 1, config.max_retries,
                    delay)
-    return len(failures)
+    return len(ids)
+
+
+def _circuit_wait(breaker: CircuitBreaker | None, destinations: set[str | None]) -> int:
+    """Return the seconds until every circuit of ``destinations`` closes; 0 if one is closed."""
+    if breaker is None or None in destinations:
+        return 0
+    waits = [breaker.remaining(destination) for destination in destinations if destination]
+    return max(waits) + 1 if waits and min(waits) > 0 else 0

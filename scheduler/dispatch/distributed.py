@@ -13,7 +13,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import redis
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
@@ -91,7 +95,13 @@ def feed(session: Session, settings: Settings, send: Send, moment: datetime | No
                                      .values(status=BatchStatus.QUEUED.value, started_at=audit.now()))
             session.commit()
             if result.rowcount == 1:  # type: ignore[attr-defined]
-                send(batch_id, settings.broker.queue(name))
+                try:
+                    send(batch_id, settings.broker.queue(name))
+                except Exception:
+                    session.execute(update(Batch).where(Batch.id == batch_id)
+                                    .values(status=BatchStatus.PLANNED.value))
+                    session.commit()
+                    raise
                 sent += 1
     return sent
 
@@ -103,7 +113,8 @@ def run_distributed(settings: Settings, sessions: sessionmaker[Session], retry_f
     """Feed every planned batch to the workers and wait until none is pending.
 
     Returns the number of instances still pending when ``timeout`` (seconds)
-    ran out, 0 when the run finished.
+    ran out (-1 if the state database could not be read), 0 when the run
+    finished. An unavailable state database or broker is waited for.
     """
     context = RunContext.open(settings)
     send = send or celery_sender(settings)
@@ -111,16 +122,64 @@ def run_distributed(settings: Settings, sessions: sessionmaker[Session], retry_f
         prepare(session, retry_failed)
         check_legacy_matches(context, session)
     deadline = None if timeout is None else time.monotonic() + timeout
+    broker = BrokerWatch(settings)
+    pending: int | None = None
     while True:
-        with sessions() as session:
-            prepare(session, retry_failed=False)  # takes back batches of workers that died
-            _requeue_lost(session)
-            feed(session, settings, send)
-            pending = _pending(session)
-        if on_progress:
+        try:
+            with sessions() as session:
+                if broker.restarted():
+                    _requeue_queued(session)
+                prepare(session, retry_failed=False)  # takes back batches of workers that died
+                _requeue_lost(session)
+                feed(session, settings, send)
+                pending = _pending(session)
+            broker.healthy()
+        except (OperationalError, KombuError, RedisError) as exc:
+            broker.failed(exc)
+        if pending is not None and on_progress:
             on_progress(pending)
-        if not pending:
+        if pending == 0:
             return 0
         if deadline is not None and time.monotonic() > deadline:
-            return pending
+            return pending if pending is not None else -1
         time.sleep(poll_seconds)
+
+
+class BrokerWatch:
+    """Notices a Redis restart and an unavailable state database or broker, and logs each once.
+
+    Redis without persistence loses its queues on a restart, so the
+    batches that were queued then must be sent again; a second delivery of
+    one that survived does nothing, because of the batch lease.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.broker is not None
+        self._redis = redis.Redis.from_url(settings.broker.broker_url(), socket_timeout=10)
+        self._run_id: str | None = None
+        self._failing = False
+
+    def restarted(self) -> bool:
+        run_id = str(self._redis.info("server")["run_id"])
+        changed = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        if changed:
+            LOGGER.warning("the broker (Redis) was restarted; batches queued before are queued again")
+        return changed
+
+    def healthy(self) -> None:
+        if self._failing:
+            LOGGER.info("the state database and the broker answer again; dispatch goes on")
+        self._failing = False
+
+    def failed(self, exc: Exception) -> None:
+        if not self._failing:
+            what = "state database" if isinstance(exc, OperationalError) else "broker (Redis)"
+            LOGGER.error("the %s is unavailable (%s); dispatch waits for it", what, exc)
+        self._failing = True
+
+
+def _requeue_queued(session: Session) -> None:
+    session.execute(update(Batch).where(Batch.status == BatchStatus.QUEUED.value)
+                    .values(status=BatchStatus.PLANNED.value))
+    session.commit()

@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 from multiprocessing import get_context
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
 from migrator.config import Settings
 from migrator.context import RunContext
 from migrator.controls import is_paused
-from migrator.errors import MigratorError
+from migrator.errors import MigratorError, StateError
 from migrator.pipeline import BatchResult, migrate_batch
 from migrator.pipeline.lease import owner_is_gone
 from migrator.state.models import (
@@ -200,33 +201,76 @@ def _still_paused(sessions: sessionmaker[Session], was_paused: bool) -> bool:
 def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int, int]],
               totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
               sessions: sessionmaker[Session]) -> None:
-    """Keep two batches per process queued until every batch has run, retries included."""
-    sizes = dict(batches)
-    queue = deque(batches)
-    running: dict[Future[BatchResult], int] = {}
-    paused = False
+    """Keep two batches per process queued until every batch has run, retries included.
+
+    While the state database cannot be reached, nothing new starts, and the
+    run goes on when it answers again.
+    """
+    dispatcher = _Dispatcher(pool, processes * 2, batches, totals, on_batch, sessions)
+    unavailable = False
     while True:
-        paused = _still_paused(sessions, paused)
-        if not paused and not queue:
-            with sessions() as session:
-                queue.extend(planned_batches(session, exclude=set(running.values())))
-            sizes.update(queue)
-        while not paused and queue and len(running) < processes * 2:
-            batch_id, _ = queue.popleft()
-            running[pool.submit(_run_batch, batch_id)] = batch_id
-        if not running:
-            with sessions() as session:
-                retry_in = seconds_to_next_retry(session)
-            if not paused and retry_in is None:
+        try:
+            if dispatcher.step():
                 return
+            if unavailable:
+                LOGGER.info("the state database answers again; the run goes on")
+            unavailable = False
+        except OperationalError as exc:
+            if not unavailable:
+                LOGGER.error("the state database is unavailable (%s); waiting for it", exc.orig)
+            unavailable = True
+            time.sleep(PAUSE_POLL_SECONDS)
+
+
+class _Dispatcher:
+    def __init__(self, pool: ProcessPoolExecutor, slots: int, batches: list[tuple[int, int]],
+                 totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
+                 sessions: sessionmaker[Session]) -> None:
+        self.pool = pool
+        self.slots = slots
+        self.sizes = dict(batches)
+        self.queue = deque(batches)
+        self.running: dict[Future[BatchResult], int] = {}
+        self.paused = False
+        self.totals = totals
+        self.on_batch = on_batch
+        self.sessions = sessions
+
+    def step(self) -> bool:
+        """Start batches while slots are free and collect finished ones; True when all are done."""
+        self.paused = _still_paused(self.sessions, self.paused)
+        if not self.paused and not self.queue:
+            with self.sessions() as session:
+                self.queue.extend(planned_batches(session, exclude=set(self.running.values())))
+            self.sizes.update(self.queue)
+        while not self.paused and self.queue and len(self.running) < self.slots:
+            batch_id, _ = self.queue.popleft()
+            self.running[self.pool.submit(_run_batch, batch_id)] = batch_id
+        if not self.running:
+            with self.sessions() as session:
+                retry_in = seconds_to_next_retry(session)
+            if not self.paused and retry_in is None:
+                return True
             time.sleep(min(retry_in if retry_in is not None else PAUSE_POLL_SECONDS, PAUSE_POLL_SECONDS))
-            continue
-        finished, _ = wait(running, timeout=PAUSE_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            return False
+        finished, _ = wait(self.running, timeout=PAUSE_POLL_SECONDS, return_when=FIRST_COMPLETED)
         for future in finished:
-            del running[future]
+            self._collect(future)
+        return False
+
+    def _collect(self, future: Future[BatchResult]) -> None:
+        batch_id = self.running.pop(future)
+        try:
             result = future.result()
-            totals.update(result.outcomes)
-            size = sizes.get(result.batch_id, 0)
-            sizes[result.batch_id] = result.retrying
-            if on_batch:
-                on_batch(result, size - result.retrying)
+        except StateError as exc:
+            # The batch was not claimed and stays planned; a later step starts it again.
+            LOGGER.warning("%s; batch %d is tried again later", exc, batch_id)
+            time.sleep(PAUSE_POLL_SECONDS)
+            return
+        self.totals.update(result.outcomes)
+        if result.interrupted:
+            return
+        size = self.sizes.get(result.batch_id, 0)
+        self.sizes[result.batch_id] = result.retrying
+        if self.on_batch:
+            self.on_batch(result, size - result.retrying)

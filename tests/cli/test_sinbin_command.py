@@ -161,14 +161,21 @@ def test_status_per_destination_and_batches(migrated, tmp_path: Path) -> None:
 
 def test_status_watch_redraws_until_interrupted(migrated, tmp_path: Path) -> None:
     """status --watch keeps drawing until Ctrl-C and then exits cleanly."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "migrator", "status", "--watch", "0.3", "--config",
-         str(tmp_path / "migrator.toml")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "COLUMNS": "250"})
-    time.sleep(3)
-    assert process.poll() is None
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)
+    output = tmp_path / "watch.out"
+    with output.open("w") as stdout_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "migrator", "status", "--watch", "0.3", "--config",
+             str(tmp_path / "migrator.toml")],
+            stdout=stdout_file, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "COLUMNS": "250"})
+        # Interrupt only after the first drawing: a loaded machine may take seconds to start Python.
+        deadline = time.monotonic() + 60
+        while "Migration status" not in output.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.2)
+        time.sleep(1)
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
-    assert "Migration status" in stdout
+    assert "Migration status" in output.read_text()
