@@ -236,6 +236,36 @@ class RunConfig(Frozen):
     processes: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
 
 
+class CollisionConfig(Frozen):
+    """The policies that ``migrator start`` applies to the collisions that ``migrator plan`` found.
+
+    The destination stores one object per SOP Instance UID, so two files
+    that claim one UID cannot both arrive there unchanged. Each policy
+    decides which of them are sent and sends the others to the sin bin
+    with the collision's kind as the reason.
+    """
+
+    #: Files with one SOP Instance UID, one study and different bytes. "sinbin"
+    #: holds every copy back. "follow_legacy_db" sends the file whose path the
+    #: legacy database references, and without a path column holds all back.
+    #: "send_newest" sends the file with the latest modification time.
+    #: "send_all" sends every copy, and the destination's rules decide which it keeps.
+    different_content: Literal["sinbin", "follow_legacy_db", "send_newest", "send_all"] = "sinbin"
+    #: One SOP Instance UID in the headers of two or more studies.
+    #: "follow_legacy_db" sends the file that the legacy database references by
+    #: path, or without a path column the file in the study its row names. It
+    #: holds back the rest. "sinbin" holds back every file.
+    uid_in_two_studies: Literal["sinbin", "follow_legacy_db"] = "follow_legacy_db"
+    #: One Patient ID with two or more patient names after the legacy
+    #: database's corrections. "sinbin" holds back every file of that Patient
+    #: ID that has a name; "send" sends them as the other rules decide.
+    patient_id_two_names: Literal["sinbin", "send"] = "sinbin"
+    #: Environment variable that contains the key for the keyed hashes of
+    #: Patient ID and Patient Name in the index, at least 32 characters. Without
+    #: it a random key is generated and stored in the state database.
+    patient_key_env: str | None = None
+
+
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -322,6 +352,7 @@ class Settings(Frozen):
     routing: RoutingConfig = RoutingConfig()
     batches: BatchConfig = BatchConfig()
     retries: RetryConfig = RetryConfig()
+    collisions: CollisionConfig = CollisionConfig()
     run: RunConfig = RunConfig()
     #: The distributed mode's broker; None runs batches on a local pool.
     broker: BrokerConfig | None = None

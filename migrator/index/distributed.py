@@ -22,6 +22,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
+from migrator.collisions.patient import load_patient_hasher
 from migrator.config import Settings
 from migrator.errors import ConfigError, MigratorError
 from migrator.index.folder import folder_error, list_folder, parse_folder, storable
@@ -155,6 +156,8 @@ def _index_claimed(sessions: sessionmaker[Session], settings: Settings, claimed:
     summary = RootIndexSummary(root_name)
     lease = _FolderLease(claimed.folder_id, owner)
     subfolders: list[str] = []
+    with sessions() as session:
+        hasher = load_patient_hasher(session, settings)
     with sessions() as session, sessions() as lease_session:
         try:
             files, subfolders = list_folder(root_path, claimed.path, root_path.resolve(),
@@ -165,7 +168,7 @@ def _index_claimed(sessions: sessionmaker[Session], settings: Settings, claimed:
             summary.files = len(files)
             todo, known = compare_folder(session, claimed.root_id, claimed.path, files, summary)
             for part, part_known in split_folder(claimed.path, todo, known):
-                parsed = parse_folder(str(root_path), claimed.path, part)
+                parsed = parse_folder(str(root_path), claimed.path, part, hasher)
                 store_parsed(session, claimed.root_id, parsed, part_known, summary, commit=False)
                 lease.renew(lease_session)
         if subfolders:

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrator.dicom.read import UnreadableFile, read_header
+from migrator.collisions.patient import PatientHasher
+from migrator.dicom.read import UnreadableFile
+from migrator.index.header import read_index_fields
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,11 @@ def storable(path: str) -> str:
     return path
 
 
-def parse_folder(root: str, folder: str, files: list[FileStat]) -> list[ParsedFile]:
-    """Parse the header of each file; runs in a planning pool process or a Celery worker."""
+def parse_folder(root: str, folder: str, files: list[FileStat], hasher: PatientHasher) -> list[ParsedFile]:
+    """Parse the header of each file; runs in a planning pool process or a Celery worker.
+
+    ``hasher`` turns the Patient ID and Patient Name into the keyed hashes that the index stores.
+    """
     parsed = []
     for stat in files:
         rel_path = f"{folder}/{stat.name}" if folder else stat.name
@@ -97,7 +102,7 @@ def parse_folder(root: str, folder: str, files: list[FileStat]) -> list[ParsedFi
                      "and run 'migrator plan' again")
         else:
             try:
-                fields = dict(read_header(Path(root) / rel_path).__dict__)
+                fields = read_index_fields(Path(root) / rel_path, hasher)
             except UnreadableFile as exc:
                 error = str(exc)
         parsed.append(ParsedFile(stored, storable(folder), stat.size, stat.mtime_ns, fields, error))

@@ -92,7 +92,8 @@ def store_parsed(session: Session, root_id: int, parsed: list[ParsedFile], known
         values = dict(root_id=root_id, rel_path=item.rel_path, folder=item.folder, size=item.size,
                       mtime_ns=item.mtime_ns, parse_error=item.parse_error, indexed_at=now,
                       transfer_syntax=None, sop_class_uid=None, sop_instance_uid=None,
-                      study_uid=None, series_uid=None, modality=None, has_pixel_data=None)
+                      study_uid=None, series_uid=None, modality=None, has_pixel_data=None,
+                      patient_id_hash=None, patient_name_hash=None, content_sha256=None)
         values.update(item.fields)
         old = known.get(item.rel_path)
         if old is None:

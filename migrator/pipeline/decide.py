@@ -3,23 +3,26 @@
 Files are not read here: the index contains every UID that reconciliation and
 routing need, so a batch's decisions cost one legacy query per chunk and no
 disk reads. Header values are compared later, when each file is read to be
-sent.
+sent. An instance in a collision that the plan found is held back or let
+through by the collision policies before the routing rules apply.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from migrator.collisions.policy import Verdict, collision_verdict, load_chunk_collisions
+from migrator.config import SINBIN, ReconcileOutcome
 from migrator.context import RunContext
 from migrator.reconcile.legacy import chunked
 from migrator.reconcile.outcome import IndexedFile, Reconciliation, reconcile
-from migrator.route import Route, RouteFacts
+from migrator.route import Route, RouteFacts, Router
 from migrator.state.models import Instance, StorageRoot
 
 
@@ -57,11 +60,17 @@ def decide(context: RunContext, session: Session, rows: Sequence[tuple[Instance,
         uids = sorted({instance.sop_instance_uid or "" for instance, _ in chunk})
         legacy_rows = context.legacy.fetch(uids)
         same_uid = _same_uid_files(session, uids, chunk_size)
+        collisions = load_chunk_collisions(session, [instance.id for instance, _ in chunk])
         for instance, root in chunk:
             uid = instance.sop_instance_uid or ""
             indexed = IndexedFile(instance.id, root, instance.rel_path, uid)
             result = reconcile(indexed, legacy_rows.get(uid), same_uid.get(uid, [indexed]),
                                settings.legacy.path_column, context.mapper)
+            verdict = collision_verdict(settings.collisions, collisions, instance.id, uid, legacy_rows.get(uid),
+                                        settings.legacy.path_column, context.mapper)
+            if verdict.chosen and result.outcome is ReconcileOutcome.DUPLICATE:
+                # The policy chose this file over the one the legacy database references.
+                result = Reconciliation(ReconcileOutcome.MATCHED, result.values)
             new_study = result.values.get("StudyInstanceUID")
             excluded = [uid for uid in (instance.study_uid, new_study) if uid in context.excluded_studies]
             facts = RouteFacts(
@@ -78,6 +87,17 @@ def decide(context: RunContext, session: Session, rows: Sequence[tuple[Instance,
                 root=root,
                 path=settings.resolve(settings.root(root).path) / instance.rel_path,
                 reconciliation=result,
-                route=context.router.route(facts),
+                route=_route(context.router, facts, verdict),
             ))
     return decisions
+
+
+def _route(router: Router, facts: RouteFacts, verdict: Verdict) -> Route:
+    """Hold the instance back for a collision, or route it by the rules, naming the policy that let it through."""
+    if verdict.hold:
+        return Route(f"collision: {verdict.hold}", SINBIN, verdict.hold, verdict.detail)
+    route = router.route(facts)
+    if verdict.note:
+        # The audit's route_rule column stores at most 200 characters.
+        route = replace(route, rule=f"{route.rule} ({verdict.note})"[:200])
+    return route

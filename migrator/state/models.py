@@ -86,6 +86,7 @@ class Instance(Base):
         Index("ix_instances_sop_instance_uid", "sop_instance_uid"),
         Index("ix_instances_unbatched", "root_id", "batch_id", "study_uid"),
         Index("ix_instances_batch", "batch_id"),
+        Index("ix_instances_patient", "patient_id_hash", "patient_name_hash"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -102,6 +103,14 @@ class Instance(Base):
     series_uid: Mapped[str | None] = mapped_column(UID)
     modality: Mapped[str | None] = mapped_column(Text)
     has_pixel_data: Mapped[bool | None] = mapped_column(Boolean)
+    #: Keyed hashes (see :mod:`migrator.collisions.patient`) of the header's
+    #: Patient ID and of its normalised Patient Name; NULL when the header has
+    #: none. The index stores no patient value in clear.
+    patient_id_hash: Mapped[str | None] = mapped_column(String(32))
+    patient_name_hash: Mapped[str | None] = mapped_column(String(32))
+    #: SHA-256 of the whole file, in hex. Only files that share their SOP
+    #: Instance UID, study and size with another file are hashed.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
     #: Why the header could not be read; NULL for a readable file.
     parse_error: Mapped[str | None] = mapped_column(Text)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
@@ -262,3 +271,61 @@ class IndexFolder(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: Symbolic links in the folder that the walk did not follow, with the reason.
     skipped_links: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+
+
+class CollisionKind(str, enum.Enum):
+    """The kinds of collision that ``migrator plan`` looks for after indexing."""
+
+    #: Files with one SOP Instance UID in one study whose bytes differ.
+    DIFFERENT_CONTENT = "different_content"
+    #: One SOP Instance UID in the headers of two or more studies.
+    UID_IN_TWO_STUDIES = "uid_in_two_studies"
+    #: One Patient ID with two or more patient names.
+    PATIENT_ID_TWO_NAMES = "patient_id_two_names"
+
+
+class Collision(Base):
+    """A group of indexed files that cannot all reach the destination as they are."""
+
+    __tablename__ = "collisions"
+    __table_args__ = (UniqueConstraint("kind", "key", name="uq_collisions_kind_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    #: The SOP Instance UID, or for a Patient ID the keyed hash of it.
+    key: Mapped[str] = mapped_column(Text)
+    files: Mapped[int] = mapped_column(Integer)
+    #: The number of different contents, studies or patient names.
+    variants: Mapped[int] = mapped_column(Integer)
+    first_found_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: When the last plan found it; a plan deletes the collisions it no longer finds.
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CollisionMember(Base):
+    """One file of a collision."""
+
+    __tablename__ = "collision_members"
+    __table_args__ = (Index("ix_collision_members_instance", "instance_id"),)
+
+    collision_id: Mapped[int] = mapped_column(ForeignKey("collisions.id"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+    #: Which content (for a SOP Instance UID) or which patient name (for a
+    #: Patient ID) the file has, numbered from 1 in the order of the index.
+    variant: Mapped[int] = mapped_column(Integer)
+    #: The reason the file's content could not be compared, if it could not.
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class HashKey(Base):
+    """The key of the keyed patient hashes in the index, or its fingerprint."""
+
+    __tablename__ = "hash_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The key itself when the state database keeps it; NULL when it comes
+    #: from the environment variable that ``collisions.patient_key_env`` names.
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: An HMAC of a fixed text under the key, to detect a changed key.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

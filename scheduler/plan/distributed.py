@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator import audit
+from migrator.collisions.patient import load_patient_hasher
 from migrator.config import Settings
 from migrator.errors import ConfigError, MigratorError
 from migrator.index import INDEX_FOLDER_TASK
@@ -224,6 +225,8 @@ def index_roots_distributed(settings: Settings, sessions: sessionmaker[Session],
     send = send or folder_sender(settings)
     with sessions() as session:
         root_ids = ensure_roots(session, settings)
+        # Create the patient hash key before any worker needs it, and check this machine's key.
+        load_patient_hasher(session, settings)
         run_id = _open_run(session, root_ids)
     names = {root_ids[root.name]: root.name for root in settings.roots}
     done: Counter[int] = Counter()

@@ -16,9 +16,16 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator.collisions.patient import load_patient_hasher
 from migrator.config import Settings
 from migrator.index.folder import FileStat, ParsedFile, parse_folder
-from migrator.index.store import Known, RootIndexSummary, compare_folder, split_folder, store_parsed
+from migrator.index.store import (
+    Known,
+    RootIndexSummary,
+    compare_folder,
+    split_folder,
+    store_parsed,
+)
 from migrator.state.models import StorageRoot
 from scheduler.plan.walk import iter_folders
 
@@ -66,6 +73,7 @@ def index_roots(settings: Settings, sessions: sessionmaker[Session],
     """
     with sessions() as session:
         root_ids = ensure_roots(session, settings)
+        hasher = load_patient_hasher(session, settings)
     summaries = {root.name: RootIndexSummary(root.name) for root in settings.roots}
     names = {root_ids[root.name]: root.name for root in settings.roots}
     processes = settings.run.processes
@@ -81,7 +89,7 @@ def index_roots(settings: Settings, sessions: sessionmaker[Session],
         pending: dict[Future[list[ParsedFile]], Task] = {}
         for task in itertools.chain(tasks, [None]):
             if task is not None:
-                pending[pool.submit(parse_folder, task[1], task[2], task[3])] = task
+                pending[pool.submit(parse_folder, task[1], task[2], task[3], hasher)] = task
             while pending and (task is None or len(pending) >= processes * 4):
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

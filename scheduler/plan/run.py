@@ -1,4 +1,4 @@
-"""``migrator plan``: index every root, then cut batches, then summarize."""
+"""``migrator plan``: index every root, check for collisions, then cut batches, then summarize."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator.collisions.detect import CollisionCheck, check_collisions
 from migrator.config import Settings
-from migrator.state.models import Batch, Instance, StorageRoot
+from migrator.state.models import Batch, CollisionMember, Instance, StorageRoot
 from scheduler.plan.batches import Limits, Mode, cut_batches
 from scheduler.plan.distributed import index_roots_distributed
 from scheduler.plan.index import RootIndexSummary, index_roots
@@ -28,22 +29,37 @@ class RootPlanSummary:
     gone: int
     folder_errors: list[str]
     skipped_links: list[str]
+    #: Files of this root in a collision that the check found, of any kind.
+    in_collisions: int = 0
 
 
 def plan(settings: Settings, sessions: sessionmaker[Session], mode: Mode | None = None,
          on_progress: Callable[[str, int], None] | None = None, distributed: bool = False,
-         on_folders: Callable[[str, int, int], None] | None = None) -> list[RootPlanSummary]:
-    """Bring the index up to date and batch everything not yet batched.
+         on_folders: Callable[[str, int, int], None] | None = None,
+         on_check: Callable[[CollisionCheck], None] | None = None) -> list[RootPlanSummary]:
+    """Bring the index up to date, check it for collisions, and batch everything not yet batched.
 
     With ``distributed`` the Celery workers of each root index it (see
     :mod:`scheduler.plan.distributed`), and ``on_folders`` is called with
-    (root name, folders done, folders waiting). Batches are cut here either way.
+    (root name, folders done, folders waiting). The collision check and the
+    batches run here either way, and ``on_check`` receives what the check
+    found. Batches are cut only after the check has finished, so
+    ``migrator start`` never migrates a file the check has not seen.
+
+    Raises
+    ------
+    LegacyDatabaseError
+        The collision check needed the legacy database and its query failed;
+        nothing new was batched.
     """
     mode = mode or settings.batches.mode
     if distributed:
         walked = index_roots_distributed(settings, sessions, on_progress, on_folders)
     else:
         walked = index_roots(settings, sessions, on_progress)
+    check = check_collisions(settings, sessions)
+    if on_check:
+        on_check(check)
     limits = Limits(settings.batches.max_instances, int(settings.batches.max_megabytes * 1024 * 1024))
     with sessions() as session:
         root_ids = dict(session.execute(select(StorageRoot.name, StorageRoot.id)).all())
@@ -62,5 +78,9 @@ def _summarize(session: Session, name: str, root_id: int, walked: RootIndexSumma
     unreadable = session.scalar(select(func.count(Instance.id)).where(
         Instance.root_id == root_id, Instance.parse_error.is_not(None))) or 0
     batches = session.scalar(select(func.count(Batch.id)).where(Batch.root_id == root_id)) or 0
+    in_collisions = session.scalar(
+        select(func.count(distinct(CollisionMember.instance_id)))
+        .join(Instance, Instance.id == CollisionMember.instance_id).where(Instance.root_id == root_id)) or 0
     return RootPlanSummary(name, files, int(size), studies, batches, unreadable, walked.new,
-                           walked.changed, walked.gone, walked.folder_errors, walked.skipped_links)
+                           walked.changed, walked.gone, walked.folder_errors, walked.skipped_links,
+                           in_collisions)

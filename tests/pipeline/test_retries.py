@@ -162,22 +162,35 @@ def test_destination_down_then_up(tmp_path: Path, sqlite_url: str,
     """Nothing listens on the main port at first; the retries reach it once it starts."""
     port = _free_port()
     main = StorageSCP("MAIN", tmp_path / "main", [CALLING_AE], port=port)
-    starter = threading.Timer(2.5, main.start)
+    migration = _migration(tmp_path, sqlite_url, ("MAIN", port), side_scps, 5)
+    stop = threading.Event()
+
+    def start_after_first_failure() -> None:
+        # The SCP starts once an attempt has failed, however long the pool took to start.
+        while not stop.wait(0.2):
+            with migration.sessions() as session:
+                if session.scalar(select(AuditEntry.id).where(AuditEntry.destination == "main",
+                                                              AuditEntry.outcome == "failed")):
+                    main.start()
+                    return
+
+    starter = threading.Thread(target=start_after_first_failure)
+    starter.start()
     try:
-        migration = _migration(tmp_path, sqlite_url, ("MAIN", port), side_scps, 5)
-        starter.start()
         run_embedded(migration.settings, migration.sessions)
 
         images = migration.expected("main")
         outcomes = migration.outcomes()
         assert {outcomes[(e.root, e.rel_path)] for e in images} == {"sent"}
-        # Batches that started after the SCP did never failed; the first ones did.
         failures = [entry for e in images for entry in migration.audit_of(e) if entry.outcome == "failed"]
         assert failures, "no attempt reached the main port before its SCP started"
         assert all(entry.transient for entry in failures)
-        assert all("refused the connection" in (entry.reason or "") for entry in failures)
+        # An attempt that failed as the SCP came up finds the port open when the cause is
+        # probed, and is reported as an aborted request instead.
+        assert any("refused the connection" in (entry.reason or "") for entry in failures), \
+            [entry.reason for entry in failures]
         assert sorted(main.arrivals) == sorted(e.sop_instance_uid for e in images)
     finally:
-        starter.cancel()
+        stop.set()
         starter.join()
         main.stop()
