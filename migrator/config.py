@@ -158,6 +158,22 @@ class DestinationConfig(Frozen):
     #: destination for circuit_breaker_seconds; needs [broker].
     circuit_breaker_failures: int = Field(default=5, ge=1)
     circuit_breaker_seconds: float = Field(default=300, gt=0)
+    #: The C-STORE sender: "pynetdicom" in the worker process, or "dcmsend",
+    #: DCMTK's sender run as a child process (needs the dcmtk package).
+    engine: Literal["pynetdicom", "dcmsend"] = "pynetdicom"
+    #: Associations a worker opens at once to send one batch's instances
+    #: for this destination. Each one counts against max_associations. A
+    #: destination that serves one association at a time (storescp without
+    #: --fork) keeps the others waiting until they give up after acse_timeout.
+    #: The files that a dcmsend session had taken then fail as transient.
+    parallel_associations: int = Field(default=1, ge=1, le=16)
+    #: Seconds that outcomes recorded for this destination may wait to be
+    #: committed together; 0 commits each one at once. A worker killed in the
+    #: middle of a batch sends again, besides its C-STOREs in flight, the
+    #: instances whose outcomes were not committed yet: up to this many
+    #: seconds' worth. A commit per instance cost about 0.6 ms on a local
+    #: PostgreSQL 15 on a 2-core VM, against 0.45 ms for the writes themselves.
+    audit_commit_seconds: float = Field(default=0, ge=0, le=10)
     #: ``migrator verify``: the destination's own limit on matches per C-FIND,
     #: if it has one (Orthanc: LimitFindResults, LimitFindInstances). A
     #: response with this many matches is treated as cut short and split.

@@ -64,6 +64,13 @@ class AssociationLimiter:
                     "sent by 'migrator requeue' and 'migrator start' later")
             time.sleep(POLL)
 
+    def try_acquire(self, destination: str, limit: int) -> str | None:
+        """Take a free slot without waiting and return its token, or None when all are held."""
+        token = uuid.uuid4().hex
+        if self._acquire(keys=[self._key(destination)], args=[time.time(), TTL, limit, token]):
+            return token
+        return None
+
     def renew(self, destination: str, token: str) -> None:
         self._redis.zadd(self._key(destination), {token: time.time()}, xx=True)
 

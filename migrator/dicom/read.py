@@ -1,8 +1,8 @@
-"""Reading DICOM files: the header for the index, the whole file for sending.
+"""Reading DICOM files: the header for the index and for sending, or the whole file.
 
-Header parsing stops before Pixel Data, so indexing never reads or decodes
-pixels. Reading for sending keeps encapsulated Pixel Data as the stored
-bytes: a JPEG 2000 file is sent as JPEG 2000.
+Header parsing stops before Pixel Data, so indexing never reads pixels and
+sending never decodes them. Reading a whole file keeps encapsulated Pixel
+Data as the stored bytes: a JPEG 2000 file is sent as JPEG 2000.
 """
 
 from __future__ import annotations
@@ -85,6 +85,42 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     except Exception as exc:  # pydicom raises many kinds on malformed input
         raise UnreadableFile(f"cannot parse the DICOM header: {type(exc).__name__}: {exc}") from None
     return header_of(ds, has_pixel_data, truncated=at_end and not has_pixel_data)
+
+
+@dataclass(frozen=True)
+class SendHeader:
+    """A file's data set up to Pixel Data, and where the rest of the file starts."""
+
+    dataset: FileDataset
+    #: Byte offset of the Pixel Data element's tag, or the file size when the
+    #: file has no Pixel Data. Meaningless for a deflated transfer syntax,
+    #: whose data set is one zlib stream.
+    pixel_offset: int
+    size: int
+
+
+def read_send_header(path: str | os.PathLike[str]) -> SendHeader:
+    """Parse the File Meta Information and the data set of ``path`` up to Pixel Data.
+
+    Raises
+    ------
+    UnreadableFile
+        The file vanished, cannot be read, or does not parse.
+    """
+    try:
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            # pydicom seeks back to the start of the Pixel Data tag when it stops there.
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            return SendHeader(ds, fp.tell(), size)
+    except FileNotFoundError:
+        raise UnreadableFile(
+            "file not found; it was indexed but is gone: check that the storage root is mounted"
+        ) from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read the file: {exc.strerror or exc}") from None
+    except Exception as exc:  # pydicom raises many kinds on malformed input
+        raise UnreadableFile(f"cannot parse the file: {type(exc).__name__}: {exc}") from None
 
 
 def header_of(ds: Dataset, has_pixel_data: bool, truncated: bool = False) -> Header:

@@ -4,6 +4,11 @@ The association proposes exactly the (SOP Class, transfer syntax) pairs of
 the batch, each pair in a presentation context of its own. So every
 instance travels in its stored transfer syntax and nothing is decompressed
 (PS3.7 D.3.2 lets an SCU propose one transfer syntax per context).
+
+Instances are sent from Part 10 files: pynetdicom reads the File Meta
+Information and streams the data set that follows it, in P-DATA PDUs of the
+maximum length that the destination accepted (its Maximum Length in the
+A-ASSOCIATE-AC; the ``max_pdu`` we offer only limits what it sends us).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context
+from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
@@ -57,6 +63,108 @@ def _describe(status: int) -> str:
     return f"C-STORE status 0x{status:04X} ({code_to_category(status)})"
 
 
+def classify_status(status: int, comment: str | None = None) -> StoreResult:
+    """Turn a C-STORE response's (0000,0900) Status and Error Comment into a result."""
+    category = code_to_category(status)
+    if category == "Success":
+        return StoreResult("success", status, None)
+    if category == "Warning":
+        return StoreResult("warning", status, _describe(status))
+    detail = _describe(status) + (f": {comment}" if comment else "")
+    return StoreResult("failure", status, detail, transient=is_out_of_resources(status))
+
+
+def not_accepted(name: str, sop_class: str, syntax: str) -> StoreResult:
+    """Return the failure of an instance whose presentation context the destination rejected."""
+    return StoreResult("failure", None,
+                       f"destination {name} did not accept the presentation context "
+                       f"{sop_class} with transfer syntax {syntax}")
+
+
+def no_response(name: str, why: str) -> StoreResult:
+    """Return the transient failure of a C-STORE request that got no response."""
+    return StoreResult("failure", None, f"no C-STORE response from {name}: {why}", transient=True)
+
+
+def silent_destination(name: str, silent: int) -> DestinationError:
+    """Return the error that ends a batch's sending after ``silent`` requests without a response."""
+    return DestinationError(
+        f"destination {name} sent no response to {silent} C-STORE requests in a "
+        "row; the rest of its instances in this batch were not sent")
+
+
+class DestinationGuard:
+    """The association slot (max_associations) and circuit breaker of one sending session.
+
+    Every engine calls :meth:`before_associate` before it opens an
+    association, :meth:`associated` or :meth:`association_failed` after,
+    :meth:`keep` while it sends, and :meth:`close` at the end.
+    """
+
+    def __init__(self, name: str, destination: DestinationConfig,
+                 limiter: AssociationLimiter | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
+        self.name = name
+        self.destination = destination
+        self._limiter = limiter if destination.max_associations else None
+        self._breaker = breaker
+        self._slot: str | None = None
+        self._slot_renewed = 0.0
+
+    def try_hold(self) -> bool:
+        """Take a free association slot without waiting; tell whether one was free.
+
+        Without a limit there is always a slot.
+        """
+        if self._limiter is None or self._slot is not None:
+            return True
+        limit = self.destination.max_associations or 0
+        self._slot = self._limiter.try_acquire(self.name, limit)
+        self._slot_renewed = time.monotonic()
+        return self._slot is not None
+
+    def keep(self) -> None:
+        """Take a slot, waiting up to association_wait, or renew the one held.
+
+        One slot covers this session's associations, re-associations included.
+
+        Raises
+        ------
+        DestinationError
+            No slot became free within association_wait.
+        """
+        if self._limiter is None:
+            return
+        if self._slot is None:
+            limit = self.destination.max_associations or 0
+            self._slot = self._limiter.acquire(self.name, limit, self.destination.association_wait)
+            self._slot_renewed = time.monotonic()
+        elif time.monotonic() - self._slot_renewed > 30:
+            self._limiter.renew(self.name, self._slot)
+            self._slot_renewed = time.monotonic()
+
+    def before_associate(self) -> None:
+        """Raise DestinationError while the circuit is open, then hold a slot."""
+        if self._breaker is not None:
+            self._breaker.check(self.name)
+        self.keep()
+
+    def associated(self) -> None:
+        if self._breaker is not None:
+            self._breaker.record_success(self.name)
+
+    def association_failed(self) -> None:
+        if self._breaker is not None:
+            self._breaker.record_failure(self.name, self.destination.circuit_breaker_failures,
+                                         self.destination.circuit_breaker_seconds)
+
+    def close(self) -> None:
+        """Give back the association slot."""
+        if self._limiter is not None and self._slot is not None:
+            self._limiter.release(self.name, self._slot)
+            self._slot = None
+
+
 class StoreSession:
     """One association to one destination, reused for a whole batch.
 
@@ -67,12 +175,10 @@ class StoreSession:
 
     def __init__(self, calling_ae: str, name: str, destination: DestinationConfig,
                  pairs: Iterable[ContextKey], limiter: AssociationLimiter | None = None,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None,
+                 guard: DestinationGuard | None = None) -> None:
         self.name = name
-        self._breaker = breaker
-        self._limiter = limiter if destination.max_associations else None
-        self._slot: str | None = None
-        self._slot_renewed = 0.0
+        self._guard = guard or DestinationGuard(name, destination, limiter, breaker)
         self.destination = destination
         self.pairs = sorted(set(pairs))
         if len(self.pairs) > MAX_CONTEXTS:
@@ -100,26 +206,10 @@ class StoreSession:
         if self._assoc is not None and self._assoc.is_established:
             self._assoc.release()
         self._assoc = None
-        if self._limiter is not None and self._slot is not None:
-            self._limiter.release(self.name, self._slot)
-            self._slot = None
-
-    def _hold_slot(self) -> None:
-        # One slot covers this session's associations, re-associations included.
-        if self._limiter is None:
-            return
-        limit = self.destination.max_associations or 0
-        if self._slot is None:
-            self._slot = self._limiter.acquire(self.name, limit, self.destination.association_wait)
-            self._slot_renewed = time.monotonic()
-        elif time.monotonic() - self._slot_renewed > 30:
-            self._limiter.renew(self.name, self._slot)
-            self._slot_renewed = time.monotonic()
+        self._guard.close()
 
     def _associate(self) -> None:
-        if self._breaker is not None:
-            self._breaker.check(self.name)
-        self._hold_slot()
+        self._guard.before_associate()
         dest = self.destination
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in self.pairs]
         assoc = self._ae.associate(
@@ -127,15 +217,12 @@ class StoreSession:
             max_pdu=dest.max_pdu, evt_handlers=NODELAY_HANDLERS,
         )
         if not assoc.is_established:
-            if self._breaker is not None:
-                self._breaker.record_failure(self.name, dest.circuit_breaker_failures,
-                                             dest.circuit_breaker_seconds)
+            self._guard.association_failed()
             raise DestinationError(
                 f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) "
                 f"{association_failure(assoc, self._ae.ae_title, dest)}",
                 transient=not _no_context_accepted(assoc))
-        if self._breaker is not None:
-            self._breaker.record_success(self.name)
+        self._guard.associated()
         self._assoc = assoc
         LOGGER.debug("associated with %s: %d contexts proposed, %d accepted", self.name,
                       len(contexts), len(assoc.accepted_contexts))
@@ -147,8 +234,12 @@ class StoreSession:
         return any(cx.abstract_syntax == sop_class and syntax in cx.transfer_syntax
                    for cx in self._assoc.accepted_contexts)
 
-    def store(self, ds: Dataset, sop_class: str, syntax: str) -> StoreResult:
-        """Send one dataset and classify the response.
+    def store(self, ds: Dataset | Path, sop_class: str, syntax: str) -> StoreResult:
+        """Send one data set, or the Part 10 file at a path, and classify the response.
+
+        A file is streamed as it is stored after its File Meta Information,
+        so its (0002,0002) and (0002,0003) must match the data set and its
+        (0002,0010) must be ``syntax``.
 
         Raises
         ------
@@ -156,23 +247,26 @@ class StoreSession:
             The association dropped and a new one could not be opened.
         """
         if self._silent >= MAX_SILENT_STORES:
-            raise DestinationError(
-                f"destination {self.name} sent no response to {self._silent} C-STORE requests in a "
-                "row; the rest of its instances in this batch were not sent")
+            raise silent_destination(self.name, self._silent)
         if self._assoc is None or not self._assoc.is_established:
             LOGGER.warning("association with %s was lost; opening a new one", self.name)
             self._associate()
         if not self.accepts(sop_class, syntax):
-            return StoreResult("failure", None,
-                               f"destination {self.name} did not accept the presentation context "
-                               f"{sop_class} with transfer syntax {syntax}")
+            return not_accepted(self.name, sop_class, syntax)
         assert self._assoc is not None
-        self._hold_slot()
+        self._guard.keep()
         started = time.monotonic()
         try:
+            if isinstance(ds, Path):
+                # Without this setting pynetdicom decodes the whole file with
+                # dcmread and encodes it again. With it, pynetdicom sends the
+                # bytes after the File Meta Information as read.
+                _config.STORE_SEND_CHUNKED_DATASET = True
             response = self._assoc.send_c_store(ds)
         except (ValueError, AttributeError) as exc:
             return StoreResult("failure", None, f"cannot encode the data set: {exc}")
+        except OSError as exc:
+            return StoreResult("failure", None, f"cannot read the file to send: {exc.strerror or exc}")
         status = response.get("Status")
         if status is None:
             self._silent += 1
@@ -183,18 +277,10 @@ class StoreSession:
             else:
                 why = "the response was invalid"
             self._assoc.abort()
-            return StoreResult("failure", None, f"no C-STORE response from {self.name}: {why}",
-                               transient=True)
+            return no_response(self.name, why)
         self._silent = 0
-        status = int(status)
-        category = code_to_category(status)
-        if category == "Success":
-            return StoreResult("success", status, None)
-        if category == "Warning":
-            return StoreResult("warning", status, _describe(status))
         comment = response.get("ErrorComment")
-        detail = _describe(status) + (f": {comment}" if comment else "")
-        return StoreResult("failure", status, detail, transient=is_out_of_resources(status))
+        return classify_status(int(status), str(comment) if comment else None)
 
 
 def is_out_of_resources(status: int) -> bool:
@@ -209,15 +295,30 @@ def _no_context_accepted(assoc: Association) -> bool:
 def association_failure(assoc: Association, calling_ae: str, destination: DestinationConfig) -> str:
     """Describe why an association was not established, and what to check."""
     if assoc.is_rejected:
-        return (f"rejected the association; check that it accepts calling AE title {calling_ae} "
-                f"and that its own AE title is {destination.ae_title}")
+        return rejection(calling_ae, destination)
     if _no_context_accepted(assoc):
         # pynetdicom aborts an association in which no presentation context was accepted.
-        syntaxes = sorted({str(syntax) for cx in assoc.rejected_contexts for syntax in cx.transfer_syntax})
-        return ("accepted none of the proposed presentation contexts, so it takes none of the "
-                f"transfer syntaxes {', '.join(syntaxes)} for these SOP classes")
+        return no_context_accepted(str(syntax) for cx in assoc.rejected_contexts
+                                   for syntax in cx.transfer_syntax)
     # pynetdicom reports a refused or timed-out connection as an abort, so
     # probe the port to tell a stopped service from a dropped association.
+    return connection_problem(destination) or "aborted the association request; check its log for the reason"
+
+
+def rejection(calling_ae: str, destination: DestinationConfig) -> str:
+    """Describe an A-ASSOCIATE-RJ and what to check."""
+    return (f"rejected the association; check that it accepts calling AE title {calling_ae} "
+            f"and that its own AE title is {destination.ae_title}")
+
+
+def no_context_accepted(syntaxes: Iterable[str]) -> str:
+    """Describe an association in which the destination accepted no presentation context."""
+    return ("accepted none of the proposed presentation contexts, so it takes none of the "
+            f"transfer syntaxes {', '.join(sorted(set(syntaxes)))} for these SOP classes")
+
+
+def connection_problem(destination: DestinationConfig) -> str | None:
+    """Open a TCP connection to ``destination`` and describe why it fails, or return None."""
     try:
         with socket.create_connection((destination.host, destination.port),
                                       timeout=min(destination.acse_timeout, 10)):
@@ -228,7 +329,7 @@ def association_failure(assoc: Association, calling_ae: str, destination: Destin
         return "did not accept a TCP connection in time; check the host, port and firewall"
     except OSError as exc:
         return f"cannot be reached: {exc.strerror or exc}; check the host and port"
-    return "aborted the association request; check its log for the reason"
+    return None
 
 
 def echo(calling_ae: str, name: str, destination: DestinationConfig) -> None:
