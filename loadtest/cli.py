@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +24,12 @@ from rich.table import Table
 from loadtest.archive.config import DEFAULT_ENDPOINTS, Endpoint, RunSettings
 from loadtest.archive.generate import GeneratedArchive, generate_archive
 from loadtest.archive.layout import ArchiveSpec
+from loadtest.bench.receivers import RECEIVERS, ReceiverError
+from loadtest.bench.record import append_section, markdown_section
+from loadtest.bench.report import console_tables, problem_lines
+from loadtest.bench.results import BenchResults, RunResult
+from loadtest.bench.run import NAMES, BenchOptions, run_bench
+from loadtest.bench.workers import WorkerError
 from migrator.errors import MigratorError
 
 app = typer.Typer(help="Load-test tools for pacs-migrator.", no_args_is_help=True,
@@ -28,6 +37,8 @@ app = typer.Typer(help="Load-test tools for pacs-migrator.", no_args_is_help=Tru
 #: Progress and errors go to stderr, the summary to stdout.
 console = Console(stderr=True)
 out = Console()
+#: The benchmark's tables; redirected output keeps whole rows.
+wide_out = Console() if sys.stdout.isatty() else Console(width=250)
 
 _DEFAULT = ArchiveSpec()
 
@@ -154,6 +165,113 @@ def _print_summary(archive: GeneratedArchive) -> None:
     out.print(f"Next: migrator config check --config {config}\n"
               f"      migrator plan --config {config}\n"
               f"      migrator start --config {config}")
+
+
+#: The benchmark record at the repository root.
+BENCHMARKS_FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def _names(value: str, option: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one name", param_hint=option)
+    return names
+
+
+def _row_done(result: RunResult) -> None:
+    if not result.available:
+        state = f"not available: {result.note}"
+    elif result.valid:
+        state = f"{result.images_per_second or 0:,.0f} images/s in {result.seconds or 0:.1f} s"
+    else:
+        state = "invalid: " + "; ".join(result.problems)
+    console.print(f"{result.label} to {result.receiver}: {state}", highlight=False)
+
+
+@app.command()
+def bench(
+    instances: Annotated[int, typer.Option(help="SOP instances in the generated archive.")] = 20_000,
+    work_dir: Annotated[Path | None, typer.Option(
+        help="Folder for the archive, the receivers' storage, logs and bench-results.json; an archive "
+             "generated there before with the same --instances is reused. Default: a new temporary "
+             "folder.")] = None,
+    keep: Annotated[bool, typer.Option(
+        help="Keep the archive, the receivers' files and the logs instead of removing them at the end.")
+    ] = False,
+    receivers: Annotated[str, typer.Option(
+        help=f"Comma-separated receivers, each run with every contender: {', '.join(RECEIVERS)}.")
+    ] = "storescp,orthanc",
+    only: Annotated[str, typer.Option(
+        help=f"Comma-separated contenders and measurements to run: {', '.join(NAMES)}.")
+    ] = ",".join(NAMES),
+    append: Annotated[bool, typer.Option(
+        help="Append the results as a section to BENCHMARKS.md (see --benchmarks-file).")] = False,
+    benchmarks_file: Annotated[Path, typer.Option(
+        help="The Markdown file that --append writes to.")] = BENCHMARKS_FILE,
+    scale_rows: Annotated[str, typer.Option(
+        help="Comma-separated synthetic index row counts for the planner-scale measurement.")
+    ] = "100000,1000000",
+    embedded_state: Annotated[str, typer.Option(
+        help="State database of the embedded runs: sqlite or postgresql. The Celery run always uses "
+             "PostgreSQL.")] = "sqlite",
+    processes: Annotated[int | None, typer.Option(
+        help="run.processes of the migrator, or one per CPU if not given.")] = None,
+    celery_workers: Annotated[int, typer.Option(
+        help="migrator worker processes of the Celery contender, each with one pool process.")] = 2,
+    postgres_url: Annotated[str, typer.Option(
+        help="PostgreSQL server URL of a user that may create databases; each run creates its own "
+             "database there and drops it afterwards.")] = BenchOptions.postgres_url,
+    redis_url: Annotated[str, typer.Option(help="Redis URL of the Celery broker.")] = BenchOptions.redis_url,
+    results_file: Annotated[Path | None, typer.Option(
+        "--results", help="Print (and with --append, append) the results of an earlier run from its "
+                          "bench-results.json instead of running the benchmark.")] = None,
+) -> None:
+    """Measure storescu and the migrator's modes sending one generated archive to one receiver."""
+    if results_file is not None:
+        try:
+            earlier = BenchResults.from_json(json.loads(results_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise typer.BadParameter(f"cannot read {results_file}: {exc}", param_hint="--results") from None
+        _report(earlier, append, benchmarks_file)
+        return
+    if embedded_state not in ("sqlite", "postgresql"):
+        raise typer.BadParameter("expected sqlite or postgresql", param_hint="--embedded-state")
+    try:
+        rows = [int(value) for value in _names(scale_rows, "--scale-rows")]
+    except ValueError:
+        raise typer.BadParameter(f"expected whole numbers, not {scale_rows!r}",
+                                 param_hint="--scale-rows") from None
+    options = BenchOptions(
+        instances=instances, work_dir=work_dir, keep=keep, receivers=_names(receivers, "--receivers"),
+        only=_names(only, "--only"), scale_rows=rows, postgres_url=postgres_url, redis_url=redis_url,
+        embedded_state="postgresql" if embedded_state == "postgresql" else "sqlite",
+        celery_workers=celery_workers,
+        command="python -m loadtest bench " + shlex.join(sys.argv[2:]))
+    if processes is not None:
+        options.processes = processes
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        results = run_bench(options, on_result=_row_done)
+    except (ValueError, OSError, ReceiverError, WorkerError, MigratorError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    _report(results, append, benchmarks_file)
+    if any(run.available and not run.valid for run in results.runs) or any(m.problems for m in results.scale):
+        raise typer.Exit(1)
+
+
+def _report(results: BenchResults, append: bool, benchmarks_file: Path) -> None:
+    """Print the tables and, with ``append``, add the section to ``benchmarks_file``."""
+    for table in console_tables(results):
+        wide_out.print(table)
+    for line in problem_lines(results):
+        wide_out.print(line, highlight=False)
+    if append:
+        append_section(benchmarks_file, markdown_section(results))
+        console.print(f"appended the results to {benchmarks_file}", highlight=False)
 
 
 def main() -> None:

@@ -9,7 +9,12 @@ import typer
 from rich.table import Table
 
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load, out
-from migrator.collisions.report import collision_counts, iter_collision_rows, policy_of, write_csv
+from migrator.collisions.report import (
+    collision_counts,
+    iter_collision_rows,
+    policy_of,
+    write_csv,
+)
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from migrator.state.models import CollisionKind

@@ -42,7 +42,13 @@ from migrator.collisions.patient import PatientHasher, load_patient_hasher
 from migrator.config import Settings
 from migrator.errors import ConfigError
 from migrator.reconcile.legacy import LegacyDatabase, chunked, legacy_values
-from migrator.state.models import Collision, CollisionKind, CollisionMember, Instance, StorageRoot
+from migrator.state.models import (
+    Collision,
+    CollisionKind,
+    CollisionMember,
+    Instance,
+    StorageRoot,
+)
 
 LOGGER = logging.getLogger(__name__)
 

@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session
 
 from migrator.collisions.detect import PATIENT_ID_TWO_NAMES
 from migrator.config import CollisionConfig
-from migrator.state.models import Collision, CollisionKind, CollisionMember, Instance, StorageRoot
+from migrator.state.models import (
+    Collision,
+    CollisionKind,
+    CollisionMember,
+    Instance,
+    StorageRoot,
+)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,12 @@ from migrator.collisions.patient import load_patient_hasher
 from migrator.config import Settings
 from migrator.errors import ConfigError, MigratorError
 from migrator.index.folder import folder_error, list_folder, parse_folder, storable
-from migrator.index.store import RootIndexSummary, compare_folder, split_folder, store_parsed
+from migrator.index.store import (
+    RootIndexSummary,
+    compare_folder,
+    split_folder,
+    store_parsed,
+)
 from migrator.pipeline.lease import owner_is_gone
 from migrator.state.models import IndexFolder, IndexFolderStatus, StorageRoot
 

@@ -10,7 +10,13 @@ taken responsibility for the delivered instances.
 
 from migrator.verify.commit import CommitListener, CommitTracker
 from migrator.verify.compare import Kind, ReportRow, StudyResult, compare_study
-from migrator.verify.recorded import RecordedAudit, RecordedInstance, RecordedStudy, SentUids, sent_uids
+from migrator.verify.recorded import (
+    RecordedAudit,
+    RecordedInstance,
+    RecordedStudy,
+    SentUids,
+    sent_uids,
+)
 from migrator.verify.report import DestinationSummary, ReportWriter, read_recheck
 from migrator.verify.run import Target, VerifyOptions, group_targets, verify_destination
 

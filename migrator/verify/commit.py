@@ -24,8 +24,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
-from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
-from pynetdicom.sop_class import StorageCommitmentPushModelInstance
+from pynetdicom.sop_class import (
+    StorageCommitmentPushModel,  # type: ignore[attr-defined]
+    StorageCommitmentPushModelInstance,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from migrator.dicom.net import NODELAY_HANDLERS

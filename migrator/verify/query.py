@@ -35,10 +35,12 @@ from types import TracebackType
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import _UI
 from pynetdicom.events import EventHandlerType
+from pynetdicom.pdu_primitives import _UI
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as STUDY_ROOT_FIND  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind as STUDY_ROOT_FIND,  # type: ignore[attr-defined]
+)
 
 from migrator.config import DestinationConfig
 from migrator.dicom.net import NODELAY_HANDLERS

@@ -21,7 +21,7 @@ from migrator.demo.scp import StorageSCP
 from migrator.state.models import AuditEntry
 from scheduler.dispatch.embedded import run_embedded
 from scheduler.plan.run import plan
-from tests.support import CALLING_AE, Migration, prepare_migration, running_scps
+from tests.support import Migration, prepare_migration, running_scps
 
 SECTIONS = ["[destinations.main]\n", "[destinations.nonpixel]\n", "[sinbin]\n"]
 REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")

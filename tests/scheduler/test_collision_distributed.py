@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.config import load_settings
 from migrator.errors import ConfigError
 from migrator.state.db import open_state
-from migrator.state.models import Collision, CollisionMember, HashKey, Instance, StorageRoot
+from migrator.state.models import (
+    Collision,
+    CollisionMember,
+    HashKey,
+    Instance,
+    StorageRoot,
+)
 from scheduler.plan.run import plan
 from tests.conftest import postgres_database
 from tests.scheduler.collision_archive import build_collision_archive

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from migrator.collisions.patient import PatientHasher, load_patient_hasher, normalise_name
+from migrator.collisions.patient import (
+    PatientHasher,
+    load_patient_hasher,
+    normalise_name,
+)
 from migrator.config import Settings
 from migrator.errors import ConfigError
 from migrator.state.db import open_state

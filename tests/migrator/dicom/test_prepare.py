@@ -14,7 +14,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import split_dataset
 
-from migrator.dicom.prepare import Method, ScratchFolder, prepare_file, remove_stale_folders
+from migrator.dicom.prepare import (
+    Method,
+    ScratchFolder,
+    prepare_file,
+    remove_stale_folders,
+)
 from migrator.dicom.read import UnreadableFile, read_send_header
 from migrator.steps import Change, StepContext
 from migrator.steps.correct import correct_from_legacy

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel, StudyRootQueryRetrieveInformationModelFind
-from pynetdicom.sop_class import StorageCommitmentPushModelInstance
+from pynetdicom.sop_class import (
+    StorageCommitmentPushModel,
+    StorageCommitmentPushModelInstance,
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from migrator.config import DestinationConfig
 from migrator.errors import DestinationError
