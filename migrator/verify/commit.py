@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
-from pynetdicom.sop_class import (
-    StorageCommitmentPushModel,  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
     StorageCommitmentPushModelInstance,
 )
 from pynetdicom.transport import ThreadedAssociationServer

@@ -38,8 +38,8 @@ from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu_primitives import _UI
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelFind as STUDY_ROOT_FIND,  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind as STUDY_ROOT_FIND,
 )
 
 from migrator.config import DestinationConfig
