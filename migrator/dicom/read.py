@@ -62,6 +62,18 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         The file is empty, not DICOM, truncated, or lacks a UID the
         migration needs.
     """
+    return read_header_dataset(path)[1]
+
+
+def read_header_dataset(path: str | os.PathLike[str]) -> tuple[FileDataset, Header]:
+    """Parse the header of ``path`` up to Pixel Data; return the data set and its :class:`Header`.
+
+    Raises
+    ------
+    UnreadableFile
+        The file is empty, not DICOM, truncated, or lacks a UID the
+        migration needs.
+    """
     try:
         with open(path, "rb") as fp:
             size = os.fstat(fp.fileno()).st_size
@@ -84,7 +96,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         raise UnreadableFile(f"cannot read the file: {exc.strerror or exc}") from None
     except Exception as exc:  # pydicom raises many kinds on malformed input
         raise UnreadableFile(f"cannot parse the DICOM header: {type(exc).__name__}: {exc}") from None
-    return header_of(ds, has_pixel_data, truncated=at_end and not has_pixel_data)
+    return ds, header_of(ds, has_pixel_data, truncated=at_end and not has_pixel_data)
 
 
 @dataclass(frozen=True)
