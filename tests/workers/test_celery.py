@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from migrator.config import load_settings
@@ -22,33 +17,7 @@ from migrator.state.models import AuditEntry, Batch, Instance, StorageRoot
 from scheduler.dispatch.distributed import celery_sender, run_distributed
 from scheduler.plan.run import plan
 from tests.support import CALLING_AE, Migration, prepare_migration
-
-REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen[Any]]]:
-    """Worker processes a test starts, stopped with their process group afterwards."""
-    started: list[subprocess.Popen[Any]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def _start_worker(config: Path, roots: str, started: list[subprocess.Popen[Any]],
-                  log: Path, concurrency: int = 1) -> subprocess.Popen[Any]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "migrator", "worker", "--config", str(config), "--roots", roots,
-         "--concurrency", str(concurrency)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    started.append(process)
-    return process
+from tests.workers.celery_support import REDIS_URL, child_pids, start_worker
 
 
 def _distributed(tmp_path: Path, state_url: str, scps: dict[str, StorageSCP],
@@ -80,11 +49,11 @@ def _outcomes_by_root(migration: Migration) -> dict[str, Counter[str | None]]:
         return result
 
 
-def test_queues_per_root_are_honoured(workers, scps, tmp_path: Path, postgres_url: str) -> None:
+def test_queues_per_root_are_honoured(worker_processes, scps, tmp_path: Path, postgres_url: str) -> None:
     """A worker serves only its roots' queues; a second worker finishes the third root."""
     migration = _distributed(tmp_path, postgres_url, scps)
     config = tmp_path / "migrator.toml"
-    _start_worker(config, "root1,root2", workers, tmp_path / "worker-a.log")
+    start_worker(config, "root1,root2", worker_processes, tmp_path / "worker-a.log")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         run_distributed(migration.settings, migration.sessions, timeout=2, poll_seconds=0.5)
@@ -97,17 +66,17 @@ def test_queues_per_root_are_honoured(workers, scps, tmp_path: Path, postgres_ur
     readable_root3 = sum(n for outcome, n in by_root["root3"].items() if outcome != "unreadable")
     assert by_root["root3"][None] == readable_root3
 
-    _start_worker(config, "root3", workers, tmp_path / "worker-b.log")
+    start_worker(config, "root3", worker_processes, tmp_path / "worker-b.log")
     pending = run_distributed(migration.settings, migration.sessions, timeout=120, poll_seconds=0.5)
     assert pending == 0, (tmp_path / "worker-b.log").read_text()[-3000:]
     assert None not in migration.outcome_counts()
     assert migration.repeats(scps) == {}
 
 
-def test_second_delivery_does_nothing(workers, scps, tmp_path: Path, postgres_url: str) -> None:
+def test_second_delivery_does_nothing(worker_processes, scps, tmp_path: Path, postgres_url: str) -> None:
     """The same batch message delivered twice migrates the batch once."""
     migration = _distributed(tmp_path, postgres_url, scps)
-    _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers, tmp_path / "worker.log")
+    start_worker(tmp_path / "migrator.toml", "root1,root2,root3", worker_processes, tmp_path / "worker.log")
     with migration.sessions() as session:
         batch_id, root = session.execute(select(Batch.id, StorageRoot.name)
                                          .join(StorageRoot, StorageRoot.id == Batch.root_id)
@@ -128,12 +97,7 @@ def test_second_delivery_does_nothing(workers, scps, tmp_path: Path, postgres_ur
     assert migration.repeats(scps) == {}
 
 
-def _children(pid: int) -> list[int]:
-    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(line) for line in result.stdout.split()]
-
-
-def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: str) -> None:
+def test_killed_worker_batch_is_finished(worker_processes, tmp_path: Path, postgres_url: str) -> None:
     """SIGKILL of the process running a batch: the batch is redelivered and finished.
 
     At most the one instance in flight at the kill reaches the destination twice.
@@ -142,7 +106,7 @@ def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: 
             for name in ("main", "nonpixel", "sinbin")}
     try:
         migration = _distributed(tmp_path, postgres_url, slow)
-        worker = _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers,
+        worker = start_worker(tmp_path / "migrator.toml", "root1,root2,root3", worker_processes,
                                tmp_path / "worker.log")
         killed = False
         deadline = time.monotonic() + 120
@@ -151,7 +115,7 @@ def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: 
             with migration.sessions() as session:
                 running = session.scalar(select(Batch.lease_owner).where(Batch.status == "running"))
                 sent = session.scalar(select(AuditEntry.id).limit(1).offset(2))
-            children = _children(worker.pid)
+            children = child_pids(worker.pid)
             if running and sent and children:
                 owner_pid = int(running.rpartition(":")[2])
                 if owner_pid in children:
@@ -170,15 +134,15 @@ def test_killed_worker_batch_is_finished(workers, tmp_path: Path, postgres_url: 
     assert attempts, "no batch was claimed a second time; the kill hit no running batch"
 
 
-def test_association_limit_holds_across_processes(workers, tmp_path: Path, postgres_url: str) -> None:
+def test_association_limit_holds_across_processes(worker_processes, tmp_path: Path, postgres_url: str) -> None:
     """With max_associations = 1, worker processes never open two associations to main at once."""
     slow = {name: StorageSCP(name.upper(), tmp_path / name, [CALLING_AE], delay=0.1).start()
             for name in ("main", "nonpixel", "sinbin")}
     try:
         migration = _distributed(tmp_path, postgres_url, slow, main_associations=1)
-        _start_worker(tmp_path / "migrator.toml", "root1,root2", workers, tmp_path / "worker-a.log",
+        start_worker(tmp_path / "migrator.toml", "root1,root2", worker_processes, tmp_path / "worker-a.log",
                       concurrency=2)
-        _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers, tmp_path / "worker-b.log",
+        start_worker(tmp_path / "migrator.toml", "root1,root2,root3", worker_processes, tmp_path / "worker-b.log",
                       concurrency=2)
         pending = run_distributed(migration.settings, migration.sessions, timeout=240, poll_seconds=0.5)
         assert pending == 0, (tmp_path / "worker-a.log").read_text()[-3000:]
@@ -190,7 +154,7 @@ def test_association_limit_holds_across_processes(workers, tmp_path: Path, postg
     assert migration.outcome_counts()["failed"] == 0
 
 
-def test_transient_failure_retried_by_workers(workers, tmp_path: Path, postgres_url: str) -> None:
+def test_transient_failure_retried_by_workers(worker_processes, tmp_path: Path, postgres_url: str) -> None:
     """0xA700 on a first attempt: the dispatcher queues the batch again after the backoff."""
     chosen: set[str] = set()
     seen: Counter[str] = Counter()
@@ -206,7 +170,7 @@ def test_transient_failure_retried_by_workers(workers, tmp_path: Path, postgres_
         migration = _distributed(tmp_path, postgres_url, scps, max_retries=3)
         victims = migration.expected("main")[:3]
         chosen.update(e.sop_instance_uid for e in victims)
-        _start_worker(tmp_path / "migrator.toml", "root1,root2,root3", workers, tmp_path / "worker.log")
+        start_worker(tmp_path / "migrator.toml", "root1,root2,root3", worker_processes, tmp_path / "worker.log")
         pending = run_distributed(migration.settings, migration.sessions, timeout=120, poll_seconds=0.5)
         assert pending == 0, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
