@@ -262,8 +262,8 @@ class CollisionConfig(Frozen):
     """
 
     #: Files with one SOP Instance UID, one study and different bytes. "sinbin"
-    #: holds every copy back. "follow_legacy_db" sends the file whose path the
-    #: legacy database references, and without a path column holds all back.
+    #: sends every copy to the sin bin. "follow_legacy_db" sends the file whose path the
+    #: legacy database references, and without a path column sends all to the sin bin.
     #: "send_newest" sends the file with the latest modification time.
     #: "send_all" sends every copy, and the destination's rules decide which it keeps.
     different_content: Literal["sinbin", "follow_legacy_db", "send_newest", "send_all"] = "sinbin"

@@ -65,7 +65,7 @@ def prepare_migration(tmp_path: Path, state_url: str, endpoints: dict[str, tuple
     """Build the demo archive under ``tmp_path`` and a configuration aimed at ``endpoints``.
 
     Automatic retries are off unless ``max_retries`` is given, so a test
-    of a failure sees it recorded at once.
+    of a failure finds it recorded at once.
     """
     archive = build_demo_archive(tmp_path / "archive")
     config = write_config(tmp_path, archive, endpoints, processes, state_url=state_url)

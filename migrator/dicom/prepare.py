@@ -13,7 +13,7 @@ Some files cannot be spliced that way, and are read whole, corrected and
 written again by pydicom (encapsulated Pixel Data is still copied as stored,
 never decoded). These are files whose data set is deflated (one zlib
 stream, so the header has no byte offset of its own), files whose data set
-is not encoded as their (0002,0010) Transfer Syntax UID says, files with a
+is not encoded in their (0002,0010) Transfer Syntax UID, files with a
 transfer syntax that pydicom does not know, and changes to elements after
 Pixel Data.
 """

@@ -145,8 +145,8 @@ class Lease:
     def give_back(self, sessions: sessionmaker[Session], retry_at: datetime) -> None:
         """Return the batch to the plan after a failure of the state database or Redis.
 
-        Tries with new connections until the state database answers, for at
-        most the lease's length; after that the lease has expired and
+        Tries with new connections until the state database responds, for at
+        most the lease's length. After that the lease has expired, so
         another worker may take the batch over anyway.
         """
         deadline = time.monotonic() + LEASE.total_seconds()

@@ -149,8 +149,9 @@ class BrokerWatch:
     """Notices a Redis restart and an unavailable state database or broker, and logs each once.
 
     Redis without persistence loses its queues on a restart, so the
-    batches that were queued then must be sent again; a second delivery of
-    one that survived does nothing, because of the batch lease.
+    batches that were queued then are sent again. A batch whose message
+    survived is then delivered twice, and the batch lease makes the second
+    delivery do nothing.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -169,7 +170,7 @@ class BrokerWatch:
 
     def healthy(self) -> None:
         if self._failing:
-            LOGGER.info("the state database and the broker answer again; dispatch goes on")
+            LOGGER.info("the state database and the broker respond again; dispatch goes on")
         self._failing = False
 
     def failed(self, exc: Exception) -> None:

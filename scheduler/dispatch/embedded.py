@@ -204,7 +204,7 @@ def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int
     """Keep two batches per process queued until every batch has run, retries included.
 
     While the state database cannot be reached, nothing new starts, and the
-    run goes on when it answers again.
+    run goes on when it responds again.
     """
     dispatcher = _Dispatcher(pool, processes * 2, batches, totals, on_batch, sessions)
     unavailable = False
@@ -213,7 +213,7 @@ def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int
             if dispatcher.step():
                 return
             if unavailable:
-                LOGGER.info("the state database answers again; the run goes on")
+                LOGGER.info("the state database responds again; the run goes on")
             unavailable = False
         except OperationalError as exc:
             if not unavailable:

@@ -28,8 +28,8 @@ VR Little Endian, Explicit VR Big Endian or Deflated with a pynetdicom
 session instead, which proposes the stored transfer syntax alone.
 
 When a response does not arrive within dimse_timeout, dcmsend 3.6.7 goes on
-with the next file on the same association and takes a late response for
-the answer to a later request. So the engine stops dcmsend at the first
+with the next file on the same association and attributes a late response
+to a later request. So the engine stops dcmsend at the first
 missing response, fails that file as transient, and sends the rest over a
 new association, as the pynetdicom engine does.
 """

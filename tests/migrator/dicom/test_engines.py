@@ -197,7 +197,7 @@ def test_rejected_association_is_transient(engine: str, tmp_path: Path, samples:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_refused_connection_names_the_cause(engine: str, samples: list[Path], scratch: ScratchFolder) -> None:
-    """With nothing listening, the error says so."""
+    """With nothing listening, the error reports a refused connection."""
     with pytest.raises(DestinationError, match="refused the connection: nothing is listening") as caught:
         _send(engine, _destination(free_port(), engine), _prepare(samples[:1], scratch))
     assert caught.value.transient
@@ -252,7 +252,7 @@ def test_silent_destination_ends_the_session(engine: str, tmp_path: Path, sample
 
 
 def test_missing_dcmsend_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A destination with engine = "dcmsend" on a machine without DCMTK says how to install it."""
+    """A destination with engine = "dcmsend" on a machine without DCMTK raises an error naming the package to install."""
     monkeypatch.setenv("PATH", str(tmp_path))
     destination = _destination(104, "dcmsend")
     engine = open_engine(CALLING_AE, "main", destination, [], DestinationGuard("main", destination))
