@@ -10,6 +10,7 @@ against the generator's manifest and the receiver's stored instances.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from loadtest.bench.measure import run_measured
 from loadtest.bench.receivers import HOST, Receiver, peer_environment
 from loadtest.bench.results import PlanMeasure, RunResult, Spread
 from loadtest.bench.workers import running_workers
-from loadtest.verify import compare, outcome_counts, recorded_files
+from loadtest.verify import RecordedFile, compare, outcome_counts, recorded_files
 from migrator.config import DestinationConfig
 from migrator.report import arrival_spread
 from migrator.state.db import open_state
@@ -167,9 +168,10 @@ def run_migrator(bench: Bench, contender: str, label: str, *,
         if (failure := plan.failure()) is not None:
             result.problems.append(failure)
             return result
+        index_seconds, index_cpu_seconds = _index_phase(folder / "plan.log")
         result.plan = PlanMeasure(f"{receiver.name}-{contender}", kind, bench.processes,
                                   len(bench.archive.files), plan.usage.seconds, plan.usage.cpu_seconds,
-                                  plan.usage.max_rss_kib)
+                                  plan.usage.max_rss_kib, index_seconds, index_cpu_seconds)
 
         receiver.restart()
         workers = (stack.enter_context(running_workers(config, list(bench.archive.roots),
@@ -214,11 +216,14 @@ def _check_outcomes(result: RunResult, sessions: sessionmaker[Session], bench: B
                  and found.outcome in delivered_outcomes]
     result.failed_attempts = _failed_attempts(sessions)
     if dry_run:
-        # NOTE: written before any migrator had --dry-run. A dry run sends
-        # nothing, so only the receiver's empty output is checked, and the
-        # rate counts every file of the archive.
+        # A dry run sends nothing: each file must still be pending, its last
+        # audit row naming the destination and corrections of the manifest.
         result.instances = len(manifest.files)
         result.bytes = bench.archive.bytes
+        differences = _dry_run_differences(manifest.files, recorded)
+        if differences:
+            quoted = "; ".join(differences[:QUOTED_DIFFERENCES])
+            result.problems.append(f"{len(differences)} file(s) differ from the manifest: {quoted}")
         _check_received(result, bench.receiver, [], corrected=True)
         return
     result.instances = len(delivered)
@@ -234,6 +239,20 @@ def _check_outcomes(result: RunResult, sessions: sessionmaker[Session], bench: B
     _check_received(result, bench.receiver, delivered, corrected=True)
 
 
+def _dry_run_differences(files: list[ManifestFile], recorded: dict[tuple[str, str], RecordedFile]) -> list[str]:
+    differences = []
+    for entry in files:
+        found = recorded.get((entry.root, entry.path))
+        where = f"{entry.root}/{entry.path}"
+        if found is None or found.outcome is not None:
+            differences.append(f"{where}: outcome {found and found.outcome}, expected none after a dry run")
+        elif found.destination != entry.destination:
+            differences.append(f"{where}: would go to {found.destination}, expected {entry.destination}")
+        elif entry.outcome == "sent" and found.corrections != entry.corrections:
+            differences.append(f"{where}: would change {found.corrections}, expected {entry.corrections}")
+    return differences
+
+
 def _failed_attempts(sessions: sessionmaker[Session]) -> dict[str, int]:
     """Count the audit rows with outcome failed, per reason, of every attempt of the run."""
     with sessions() as session:
@@ -247,3 +266,14 @@ def _spread(sessions: sessionmaker[Session]) -> Spread:
     with sessions() as session:
         spread = arrival_spread(session, destinations=SPREAD_DESTINATIONS, top=1)
     return Spread(spread.studies, spread.median, spread.percentiles.get(95), spread.max_seconds)
+
+
+#: The line in which ``migrator plan`` reports its indexing phase.
+_INDEX_LINE = re.compile(r"indexing: [\d,]+ file\(s\) listed, [\d,]+ parsed in ([\d.]+) s, "
+                         r"([\d.]+) CPU-seconds")
+
+
+def _index_phase(log: Path) -> tuple[float | None, float | None]:
+    """Return the indexing phase's seconds and CPU seconds from a plan's output, if it printed them."""
+    found = _INDEX_LINE.search(log.read_text(encoding="utf-8", errors="replace"))
+    return (float(found[1]), float(found[2])) if found else (None, None)

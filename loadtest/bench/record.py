@@ -97,10 +97,13 @@ def _indexing(results: BenchResults) -> list[str]:
     return ["### Indexing", "",
             *markdown_table(INDEXING_COLUMNS, indexing_rows(results)), "",
             "Each `migrator plan` indexed the whole archive into a new state database (header parsing "
-            "on a pool of `run.processes` processes, inserts included) and cut its batches. Files per "
-            "CPU-second divides the files by the user and system CPU of the plan's process tree; max "
-            "RSS is the largest process of that tree. The dcmread row reads the same files in one "
-            "process and leaves out the interpreter's start.", ""]
+            "on a pool of `run.processes` processes, inserts included), checked it for collisions and "
+            "cut its batches. Plan s and plan files per CPU-second cover that whole command: the "
+            "user and system CPU of its process tree, the interpreter's start included. Indexing s "
+            "and files per CPU-second are the indexing phase that the plan reports: the walk, the "
+            "header parsing and the database writes, leaving out the interpreter's start and that of "
+            "the parsing processes. The dcmread row reads the same files in one process and also "
+            "leaves out the interpreter's start. Max RSS is the largest process of the plan's tree.", ""]
 
 
 def _scale(results: BenchResults) -> list[str]:

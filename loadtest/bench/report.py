@@ -59,25 +59,27 @@ def throughput_rows(results: BenchResults) -> list[list[str]]:
     return rows
 
 
-INDEXING_COLUMNS = ("indexing", "state", "processes", "files", "seconds", "files/s", "files/s per process",
-                    "files per CPU-second", "× dcmread per CPU-second", "max RSS MiB")
+INDEXING_COLUMNS = ("indexing", "state", "processes", "files", "plan s", "plan files per CPU-second",
+                    "indexing s", "files/s", "files per CPU-second", "× dcmread per CPU-second",
+                    "max RSS MiB")
 
 
 def indexing_rows(results: BenchResults) -> list[list[str]]:
     rows = []
     baseline = results.baseline
     for plan in results.plans():
-        ratio = (plan.files_per_cpu_second / baseline.files_per_cpu_second
-                 if baseline is not None and baseline.files_per_cpu_second else None)
+        rate = plan.index_files_per_cpu_second
+        ratio = (rate / baseline.files_per_cpu_second
+                 if rate is not None and baseline is not None and baseline.files_per_cpu_second else None)
+        index_rate = plan.files / plan.index_seconds if plan.index_seconds else None
         rows.append([f"migrator plan ({plan.run})", plan.state, str(plan.processes), _number(plan.files),
-                     _seconds(plan.seconds), _number(plan.files_per_second),
-                     _number(plan.files_per_second / plan.processes), _number(plan.files_per_cpu_second),
+                     _seconds(plan.seconds), _number(plan.files_per_cpu_second),
+                     _seconds(plan.index_seconds), _number(index_rate), _number(rate),
                      _number(ratio, 2), _number(plan.max_rss_kib / MIB)])
     if baseline is not None:
         rows.append(["pydicom.dcmread(stop_before_pixels=True)", "–", "1", _number(baseline.files),
-                     _seconds(baseline.seconds), _number(baseline.files_per_second),
-                     _number(baseline.files_per_second), _number(baseline.files_per_cpu_second), "1.00",
-                     "–"])
+                     "–", "–", _seconds(baseline.seconds), _number(baseline.files_per_second),
+                     _number(baseline.files_per_cpu_second), "1.00", "–"])
     return rows
 
 

@@ -18,6 +18,11 @@ class PlanMeasure:
     cpu_seconds: float
     #: Largest resident set size of any process of the plan's process tree, in KiB.
     max_rss_kib: int
+    #: The indexing phase as ``migrator plan`` reports it: walk, parse and
+    #: database writes, without the interpreter's start, the collision check
+    #: or cutting batches. None if the plan printed no such line.
+    index_seconds: float | None = None
+    index_cpu_seconds: float | None = None
 
     @property
     def files_per_second(self) -> float:
@@ -26,6 +31,10 @@ class PlanMeasure:
     @property
     def files_per_cpu_second(self) -> float:
         return self.files / self.cpu_seconds if self.cpu_seconds else 0.0
+
+    @property
+    def index_files_per_cpu_second(self) -> float | None:
+        return self.files / self.index_cpu_seconds if self.index_cpu_seconds else None
 
 
 @dataclass

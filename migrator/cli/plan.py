@@ -15,7 +15,7 @@ from migrator.config import CollisionConfig
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
 from migrator.state.models import CollisionKind
-from scheduler.plan.run import RootPlanSummary, plan
+from scheduler.plan.run import IndexCost, RootPlanSummary, plan
 
 
 @app.command("plan")
@@ -46,12 +46,16 @@ def plan_command(
                                                          f"{waiting} waiting")
 
             checks: list[CollisionCheck] = []
+            costs: list[IndexCost] = []
             summaries = plan(settings, sessions, batch_mode,
                              lambda root, count: progress.advance(tasks[root], count),
-                             distributed=distributed, on_folders=show_folders, on_check=checks.append)
+                             distributed=distributed, on_folders=show_folders, on_check=checks.append,
+                             on_indexed=costs.append)
     except MigratorError as exc:
         raise fail(exc) from None
     print_summary(summaries)
+    if costs:
+        print_index_cost(costs[0])
     print_collisions(checks[0], settings.collisions)
     errors = sum(len(s.folder_errors) for s in summaries)
     if errors:
@@ -74,6 +78,13 @@ def print_summary(summaries: list[RootPlanSummary]) -> None:
             console.print(f"[yellow]warning:[/yellow] {error}", highlight=False)
         for link in s.skipped_links:
             console.print(f"[yellow]warning:[/yellow] {link}", highlight=False)
+
+
+def print_index_cost(cost: IndexCost) -> None:
+    """Print the indexing's rate; ``loadtest bench`` reads this line."""
+    out.print(f"indexing: {cost.files_listed:,} file(s) listed, {cost.files_parsed:,} parsed in "
+                  f"{cost.seconds:.1f} s, {cost.cpu_seconds:.2f} CPU-seconds with the database writes "
+                  f"({cost.files_per_cpu_second:,.0f} files per CPU-second)", highlight=False)
 
 
 def print_collisions(check: CollisionCheck, policies: CollisionConfig) -> None:

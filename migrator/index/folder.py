@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrator.collisions.patient import PatientHasher
+from migrator.collisions.hashing import PatientHasher
 from migrator.dicom.read import UnreadableFile
 from migrator.index.header import read_index_fields
 
@@ -107,3 +108,11 @@ def parse_folder(root: str, folder: str, files: list[FileStat], hasher: PatientH
                 error = str(exc)
         parsed.append(ParsedFile(stored, storable(folder), stat.size, stat.mtime_ns, fields, error))
     return parsed
+
+
+def parse_folder_timed(root: str, folder: str, files: list[FileStat],
+                       hasher: PatientHasher) -> tuple[list[ParsedFile], float]:
+    """Run :func:`parse_folder` and return its result with the CPU seconds it took in this process."""
+    started = time.process_time()
+    parsed = parse_folder(root, folder, files, hasher)
+    return parsed, time.process_time() - started

@@ -40,6 +40,8 @@ class RootIndexSummary:
     changed_after_outcome: int = 0
     #: Indexed files no longer found in a folder that was walked.
     gone: int = 0
+    #: CPU seconds the parsing processes spent on this root's files (local plan only).
+    parse_cpu_seconds: float = 0.0
     skipped_links: list[str] = field(default_factory=list)
     folder_errors: list[str] = field(default_factory=list)
 

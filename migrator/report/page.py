@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
 
-from migrator.report.charts import spread_svg, throughput_svg
 from migrator.report.data import Report
 from migrator.report.spread import ArrivalSpread, format_seconds
 from migrator.report.sql import Window, as_utc
@@ -101,6 +100,9 @@ def _throughput_section(throughput: Throughput | None) -> list[str]:
                                   "in the busiest hour"],
                         [[kind, *_rate_cells(series)] for kind, series in zip(kinds, all_series)],
                         numeric={2, 3, 5}))
+    # Imported here, so that only drawing imports matplotlib.
+    from migrator.report.charts import throughput_svg
+
     charts = [
         throughput_svg(throughput, [throughput.overall], "All destinations", "throughput-all", filled=True),
         throughput_svg(throughput, throughput.by_root, "Per storage root", "throughput-root"),
@@ -128,6 +130,9 @@ def _spread_section(spread: ArrivalSpread) -> list[str]:
     parts.append(_table("spread", ["studies", "median", "95th percentile", "max"], [[
         f"{spread.studies:,}", _seconds(spread.median), _seconds(spread.percentiles[95]),
         _seconds(spread.max_seconds)]], numeric={0, 1, 2, 3}))
+    # Imported here, so that only drawing imports matplotlib.
+    from migrator.report.charts import spread_svg
+
     parts.append(f'<figure class="chart">{spread_svg(spread, "spread")}</figure>')
     parts.append(f"<h3>Studies with the largest spread (top {len(spread.largest)})</h3>")
     parts.append(_table("largest-spread", ["Study Instance UID", "spread", "deliveries", "first arrival",

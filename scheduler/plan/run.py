@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,17 +34,34 @@ class RootPlanSummary:
     in_collisions: int = 0
 
 
+@dataclass(frozen=True)
+class IndexCost:
+    """The cost of bringing the index up to date on this machine (a local plan only)."""
+
+    files_listed: int
+    files_parsed: int
+    seconds: float
+    #: This process (walk, comparison, database writes) plus the parsing
+    #: processes' work; their start-up is left out.
+    cpu_seconds: float
+
+    @property
+    def files_per_cpu_second(self) -> float:
+        return self.files_listed / self.cpu_seconds if self.cpu_seconds else 0.0
+
+
 def plan(settings: Settings, sessions: sessionmaker[Session], mode: Mode | None = None,
          on_progress: Callable[[str, int], None] | None = None, distributed: bool = False,
          on_folders: Callable[[str, int, int], None] | None = None,
-         on_check: Callable[[CollisionCheck], None] | None = None) -> list[RootPlanSummary]:
+         on_check: Callable[[CollisionCheck], None] | None = None,
+         on_indexed: Callable[[IndexCost], None] | None = None) -> list[RootPlanSummary]:
     """Bring the index up to date, check it for collisions, and batch everything not yet batched.
 
     With ``distributed`` the Celery workers of each root index it (see
     :mod:`scheduler.plan.distributed`), and ``on_folders`` is called with
     (root name, folders done, folders waiting). The collision check and the
     batches run here either way, and ``on_check`` receives what the check
-    found. Batches are cut only after the check has finished, so
+    found, and ``on_indexed`` the cost of a local indexing. Batches are cut only after the check has finished, so
     ``migrator start`` never migrates a file the check has not seen.
 
     Raises
@@ -56,7 +74,15 @@ def plan(settings: Settings, sessions: sessionmaker[Session], mode: Mode | None 
     if distributed:
         walked = index_roots_distributed(settings, sessions, on_progress, on_folders)
     else:
+        started, cpu_started = time.perf_counter(), time.process_time()
         walked = index_roots(settings, sessions, on_progress)
+        if on_indexed:
+            summaries = walked.values()
+            on_indexed(IndexCost(
+                files_listed=sum(s.files for s in summaries),
+                files_parsed=sum(s.new + s.changed for s in summaries),
+                seconds=time.perf_counter() - started,
+                cpu_seconds=time.process_time() - cpu_started + sum(s.parse_cpu_seconds for s in summaries)))
     check = check_collisions(settings, sessions)
     if on_check:
         on_check(check)
