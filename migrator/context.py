@@ -34,10 +34,16 @@ class RunContext:
     limiter: AssociationLimiter | None = None
     #: Stops trying a failing destination for a while; None without a broker.
     breaker: CircuitBreaker | None = None
+    #: Prepare every instance but send none (``migrator start --dry-run``).
+    dry_run: bool = False
 
     @classmethod
-    def open(cls, settings: Settings) -> RunContext:
-        """Open the state and legacy databases and load the routing inputs."""
+    def open(cls, settings: Settings, dry_run: bool = False) -> RunContext:
+        """Open the state and legacy databases and load the routing inputs.
+
+        A dry run contacts no destination and needs no broker.
+        """
+        broker = None if dry_run else settings.broker
         return cls(
             settings=settings,
             sessions=open_state(settings.state.sqlalchemy_url(settings.base_dir)),
@@ -45,8 +51,9 @@ class RunContext:
             router=Router(settings),
             excluded_studies=load_exclusion_list(settings),
             mapper=PathMapper(settings.roots, settings.legacy.paths_case_insensitive),
-            limiter=(AssociationLimiter(settings.broker.broker_url(), settings.broker.queue_prefix)
-                     if settings.broker is not None else None),
-            breaker=(CircuitBreaker(settings.broker.broker_url(), settings.broker.queue_prefix)
-                     if settings.broker is not None else None),
+            limiter=(AssociationLimiter(broker.broker_url(), broker.queue_prefix)
+                     if broker is not None else None),
+            breaker=(CircuitBreaker(broker.broker_url(), broker.queue_prefix)
+                     if broker is not None else None),
+            dry_run=dry_run,
         )

@@ -15,7 +15,9 @@ from rich.progress import (
 )
 
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.config import Settings
 from migrator.errors import MigratorError
+from migrator.pipeline.dry_run import WOULD_FAIL
 from migrator.state.db import open_state
 from migrator.status import PENDING, read_status
 from scheduler.dispatch.distributed import run_distributed
@@ -27,13 +29,20 @@ def start_command(
     config: ConfigOption = DEFAULT_CONFIG,
     retry_failed: Annotated[bool, typer.Option(
         help="Try again every instance whose outcome is 'failed'.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run",
+        help="Read, reconcile, route and correct every planned instance on this machine, and send "
+             "nothing: the audit records where each would go. Every instance stays pending.")] = False,
 ) -> None:
     """Migrate every planned batch; run again to resume.
 
     Without a [broker] section batches run on a local process pool; with one,
-    they are fed to the Celery workers of each root's queue.
+    they are fed to the Celery workers of each root's queue. A dry run
+    always runs on the local pool.
     """
     settings = load(config)
+    if dry_run:
+        raise typer.Exit(_dry_run(settings, retry_failed))
     totals: Counter[str] = Counter()
     try:
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
@@ -78,3 +87,27 @@ def start_command(
                       "them and 'migrator start --retry-failed' tries them again")
     if unfinished:
         raise typer.Exit(1)
+
+
+def _dry_run(settings: Settings, retry_failed: bool) -> int:
+    """Run ``start --dry-run`` and print where the instances would go; return the exit code."""
+    try:
+        sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
+        with Progress(TextColumn("dry run"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console) as progress:
+            task = progress.add_task("instances", total=None)
+            totals = run_embedded(settings, sessions, retry_failed, dry_run=True,
+                                  on_batch=lambda result, size: progress.advance(task, size),
+                                  on_start=lambda total: progress.update(task, total=total))
+    except KeyboardInterrupt:
+        console.print("interrupted; nothing was sent")
+        return 130
+    except MigratorError as exc:
+        raise fail(exc) from None
+    if not totals:
+        console.print("dry run: no planned batch to prepare. Run 'migrator plan' first")
+        return 0
+    console.print("dry run, nothing sent: " + ", ".join(f"{k.removeprefix('dry run: ')} {v}"
+                                                        for k, v in sorted(totals.items())))
+    console.print("every instance is still pending; 'migrator trace' shows each one's dry-run entry")
+    return 1 if totals.get(WOULD_FAIL) else 0

@@ -18,6 +18,7 @@ from migrator.context import RunContext
 from migrator.errors import StateError
 from migrator.pipeline.decide import Decision, decide
 from migrator.pipeline.deliver import deliver
+from migrator.pipeline.dry_run import rehearse
 from migrator.pipeline.lease import Lease, LeaseLost, claim
 from migrator.pipeline.retry import backoff, finish_or_retry
 from migrator.state.models import Instance, Outcome, StorageRoot
@@ -73,6 +74,17 @@ def migrate_batch(context: RunContext, batch_id: int) -> BatchResult:
             return BatchResult(batch_id, claimed=True, interrupted=True)
 
 
+def _rehearse(context: RunContext, session: Session, lease: Lease,
+              by_target: dict[str, list[Decision]]) -> BatchResult:
+    """Prepare every instance without sending it, then return the batch to the plan unchanged."""
+    counts: Counter[str] = Counter()
+    for target, group in by_target.items():
+        counts.update(rehearse(context, session, lease, target, group))
+    lease.put_back(session)
+    LOGGER.info("batch %d rehearsed: %s", lease.batch_id, dict(counts))
+    return BatchResult(lease.batch_id, claimed=True, outcomes=counts)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, DBAPIError):
         return f"the state database failed: {exc.orig}"
@@ -94,6 +106,8 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
     by_target: dict[str, list[Decision]] = {}
     for decision in decisions:
         by_target.setdefault(decision.route.to, []).append(decision)
+    if context.dry_run:
+        return _rehearse(context, session, lease, by_target)
     for decision in by_target.pop(SKIP, []):
         audit.write(session, audit.Record(
             instance_id=decision.instance.id, batch_id=batch_id, outcome=Outcome.SKIPPED,

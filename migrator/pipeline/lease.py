@@ -142,6 +142,10 @@ class Lease:
                                 .values(outcome=None))
         session.commit()
 
+    def put_back(self, session: Session) -> None:
+        """Return the batch to the plan as it was, for example after a dry run."""
+        self._release(session, status=BatchStatus.PLANNED.value)
+
     def give_back(self, sessions: sessionmaker[Session], retry_at: datetime) -> None:
         """Return the batch to the plan after a failure of the state database or Redis.
 

@@ -44,6 +44,9 @@ class Outcome(str, enum.Enum):
     SKIPPED = "skipped"
     #: The file could not be parsed as DICOM; it stays where it is.
     UNREADABLE = "unreadable"
+    #: Only in the audit: ``migrator start --dry-run`` prepared the instance
+    #: and did not send it. Never an instance's outcome.
+    DRY_RUN = "dry_run"
 
 
 #: Outcomes that mean the instance is stored at a destination.

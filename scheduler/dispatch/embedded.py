@@ -59,7 +59,7 @@ def _die_with_parent() -> None:
         LOGGER.debug("prctl(PR_SET_PDEATHSIG) is not available on this system")
 
 
-def _init_process(settings: Settings, parent: int) -> None:
+def _init_process(settings: Settings, parent: int, dry_run: bool = False) -> None:
     global _CONTEXT
     _die_with_parent()
     # Ctrl-C ends a pool process at once instead of raising KeyboardInterrupt,
@@ -67,7 +67,7 @@ def _init_process(settings: Settings, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if os.getppid() != parent:
         os._exit(1)  # the parent died before prctl took effect
-    _CONTEXT = RunContext.open(settings)
+    _CONTEXT = RunContext.open(settings, dry_run)
 
 
 def _run_batch(batch_id: int) -> BatchResult:
@@ -139,8 +139,12 @@ def seconds_to_next_retry(session: Session) -> float | None:
 
 def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_failed: bool = False,
                  on_batch: Callable[[BatchResult, int], None] | None = None,
-                 on_start: Callable[[int], None] | None = None) -> Counter[str]:
+                 on_start: Callable[[int], None] | None = None, dry_run: bool = False) -> Counter[str]:
     """Migrate every planned batch; return the outcome counts of this run.
+
+    With ``dry_run`` every planned batch is prepared once and sent nowhere
+    (see :mod:`migrator.pipeline.dry_run`); the counts are then keyed by
+    where each instance would go.
 
     Parameters
     ----------
@@ -156,7 +160,7 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
         The configuration or a database cannot be used, or a pool process died.
     """
     # Opening the context here fails once with a clear message, not in every process.
-    context = RunContext.open(settings)
+    context = RunContext.open(settings, dry_run)
     with sessions() as session:
         held = prepare(session, retry_failed)
         check_legacy_matches(context, session)
@@ -171,9 +175,9 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
         return totals
     processes = max(1, min(settings.run.processes, len(batches)))
     pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
-                               initargs=(settings, os.getpid()))
+                               initargs=(settings, os.getpid(), dry_run))
     try:
-        _dispatch(pool, processes, batches, totals, on_batch, sessions)
+        _dispatch(pool, processes, batches, totals, on_batch, sessions, refill=not dry_run)
     except BrokenProcessPool as exc:
         raise MigratorError(
             f"a migration process died ({exc}); run 'migrator start' again to resume") from None
@@ -200,13 +204,15 @@ def _still_paused(sessions: sessionmaker[Session], was_paused: bool) -> bool:
 
 def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int, int]],
               totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
-              sessions: sessionmaker[Session]) -> None:
+              sessions: sessionmaker[Session], refill: bool = True) -> None:
     """Keep two batches per process queued until every batch has run, retries included.
 
     While the state database cannot be reached, nothing new starts, and the
-    run goes on when it responds again.
+    run goes on when it responds again. Without ``refill`` only ``batches``
+    run, once: a dry run returns each batch to the plan, where it must not
+    be found again.
     """
-    dispatcher = _Dispatcher(pool, processes * 2, batches, totals, on_batch, sessions)
+    dispatcher = _Dispatcher(pool, processes * 2, batches, totals, on_batch, sessions, refill)
     unavailable = False
     while True:
         try:
@@ -225,8 +231,9 @@ def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int
 class _Dispatcher:
     def __init__(self, pool: ProcessPoolExecutor, slots: int, batches: list[tuple[int, int]],
                  totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
-                 sessions: sessionmaker[Session]) -> None:
+                 sessions: sessionmaker[Session], refill: bool = True) -> None:
         self.pool = pool
+        self.refill = refill
         self.slots = slots
         self.sizes = dict(batches)
         self.queue = deque(batches)
@@ -239,7 +246,7 @@ class _Dispatcher:
     def step(self) -> bool:
         """Start batches while slots are free and collect finished ones; True when all are done."""
         self.paused = _still_paused(self.sessions, self.paused)
-        if not self.paused and not self.queue:
+        if not self.paused and not self.queue and self.refill:
             with self.sessions() as session:
                 self.queue.extend(planned_batches(session, exclude=set(self.running.values())))
             self.sizes.update(self.queue)
@@ -247,6 +254,8 @@ class _Dispatcher:
             batch_id, _ = self.queue.popleft()
             self.running[self.pool.submit(_run_batch, batch_id)] = batch_id
         if not self.running:
+            if not self.refill and not self.queue:
+                return True
             with self.sessions() as session:
                 retry_in = seconds_to_next_retry(session)
             if not self.paused and retry_in is None:
@@ -266,6 +275,8 @@ class _Dispatcher:
             # The batch was not claimed and stays planned; a later step starts it again.
             LOGGER.warning("%s; batch %d is tried again later", exc, batch_id)
             time.sleep(PAUSE_POLL_SECONDS)
+            if not self.refill:
+                self.queue.append((batch_id, self.sizes.get(batch_id, 0)))
             return
         self.totals.update(result.outcomes)
         if result.interrupted:
