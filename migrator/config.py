@@ -107,6 +107,10 @@ class LegacyConfig(DatabaseConfig):
     query: str
     #: Column holding the legacy PACS's own path of the file, if any.
     path_column: str | None = "FilePath"
+    #: Column naming a display transformation recorded against the instance
+    #: ("rotate 90 clockwise"), if any. An instance with a value there is held
+    #: back (skipped) for ``migrator transform run``.
+    transformation_column: str | None = None
     #: UIDs per query; SQL Server accepts at most 2,100 parameters.
     chunk_size: int = Field(default=1000, ge=1, le=1000)
     #: Compare legacy paths without regard to case (Windows file servers).
@@ -282,6 +286,52 @@ class CollisionConfig(Frozen):
     patient_key_env: str | None = None
 
 
+class TransformConfig(Frozen):
+    """``migrator transform``: the legacy PACS that answers C-MOVE, our storage SCP, the options."""
+
+    #: The legacy PACS that instances not in the index are retrieved from by
+    #: C-MOVE; without it, only indexed files are transformed.
+    legacy_ae_title: AETitle | None = None
+    legacy_host: str | None = None
+    legacy_port: int | None = Field(default=None, ge=1, le=65535)
+    #: The Move Destination: our storage SCP, which the legacy PACS must know
+    #: by this AE title, host and port. It listens on scp_host, and accepts
+    #: associations only from legacy_ae_title. scp_port is required with a legacy PACS.
+    scp_ae_title: AETitle = "MIGRATOR"
+    scp_host: str = "127.0.0.1"
+    scp_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Where received instances are kept, relative to the configuration file.
+    scp_folder: Path = Path("transform-received")
+    #: SOP Instance UIDs per C-MOVE request.
+    move_batch_size: int = Field(default=50, ge=1, le=1000)
+    #: Seconds to wait for the association, and for each C-MOVE response.
+    acse_timeout: float = Field(default=30, gt=0)
+    dimse_timeout: float = Field(default=600, gt=0)
+    #: Seconds to wait after the final C-MOVE response for instances that it
+    #: counts as completed but that have not arrived yet.
+    arrival_wait: float = Field(default=5, ge=0)
+    #: The destination that receives the transformed instances.
+    destination: str = "main"
+    #: Send the transformed instance under a new SOP Instance UID, with a
+    #: Derivation Description. By default it keeps its UID, which the
+    #: destination has not received untransformed.
+    new_uid: bool = False
+    #: Transform images whose Image Orientation/Position (Patient) place them
+    #: in the patient, recomputing both. By default they go to the sin bin.
+    allow_patient_geometry: bool = False
+
+    @model_validator(mode="after")
+    def _legacy_pacs_complete(self) -> TransformConfig:
+        given = [self.legacy_ae_title is not None, self.legacy_host is not None, self.legacy_port is not None]
+        if any(given) and not all(given):
+            raise ValueError("legacy_ae_title, legacy_host and legacy_port name the legacy PACS together; "
+                             "set all three, or none to transform indexed files only")
+        if all(given) and self.scp_port is None:
+            raise ValueError("scp_port is required with a legacy PACS: the port of our storage SCP, "
+                             "which the legacy PACS sends the C-MOVE sub-operations to")
+        return self
+
+
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -370,6 +420,7 @@ class Settings(Frozen):
     retries: RetryConfig = RetryConfig()
     collisions: CollisionConfig = CollisionConfig()
     run: RunConfig = RunConfig()
+    transform: TransformConfig = TransformConfig()
     #: The distributed mode's broker; None runs batches on a local pool.
     broker: BrokerConfig | None = None
     #: Directory of the configuration file; relative paths are resolved here.

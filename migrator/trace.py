@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from migrator.state.models import AuditEntry, Batch, Instance, SinBinItem, StorageRoot
+from migrator.state.models import (
+    AuditEntry,
+    Batch,
+    Instance,
+    SinBinItem,
+    StorageRoot,
+    TransformItem,
+)
 
 
 @dataclass(frozen=True)
@@ -20,8 +27,13 @@ class Trace:
 
 
 def find_traces(session: Session, key: str) -> list[Trace]:
-    """Find instances by SOP Instance UID, path relative to a root, or absolute path."""
-    conditions = [Instance.sop_instance_uid == key, Instance.rel_path == key]
+    """Find instances by SOP Instance UID, path relative to a root, or absolute path.
+
+    The new SOP Instance UID that ``migrator transform`` gave an instance finds it too.
+    """
+    conditions = [Instance.sop_instance_uid == key, Instance.rel_path == key,
+                  Instance.id.in_(select(TransformItem.instance_id)
+                                  .where(TransformItem.new_sop_instance_uid == key))]
     for root in session.scalars(select(StorageRoot)):
         # An absolute path, or "root name/relative path" as trace and reasons print it.
         for prefix in (root.path.rstrip("/") + "/", root.name + "/"):

@@ -62,7 +62,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at 
 
 #: Modules that register subcommands on ``app`` when imported.
 COMMAND_MODULES = ["collisions", "config_cmd", "control", "demo", "plan", "report", "sinbin", "start", "status",
-                   "trace", "worker", "verify"]
+                   "trace", "transform", "worker", "verify"]
 
 
 def load_commands() -> typer.Typer:

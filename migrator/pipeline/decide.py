@@ -24,6 +24,7 @@ from migrator.reconcile.legacy import chunked
 from migrator.reconcile.outcome import IndexedFile, Reconciliation, reconcile
 from migrator.route import Route, RouteFacts, Router
 from migrator.state.models import Instance, StorageRoot
+from migrator.transform.hold import hold_for_transformation, listed_uids
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def decide(context: RunContext, session: Session, rows: Sequence[tuple[Instance,
         legacy_rows = context.legacy.fetch(uids)
         same_uid = _same_uid_files(session, uids, chunk_size)
         collisions = load_chunk_collisions(session, [instance.id for instance, _ in chunk])
+        listed = listed_uids(session, uids)
         for instance, root in chunk:
             uid = instance.sop_instance_uid or ""
             indexed = IndexedFile(instance.id, root, instance.rel_path, uid)
@@ -87,7 +89,8 @@ def decide(context: RunContext, session: Session, rows: Sequence[tuple[Instance,
                 root=root,
                 path=settings.resolve(settings.root(root).path) / instance.rel_path,
                 reconciliation=result,
-                route=_route(context.router, facts, verdict),
+                route=hold_for_transformation(_route(context.router, facts, verdict), legacy_rows.get(uid),
+                                              uid in listed),
             ))
     return decisions
 

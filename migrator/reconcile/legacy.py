@@ -22,6 +22,9 @@ _KEYWORDS_BY_LOWER = {keyword.lower(): keyword for keyword in keyword_dict}
 
 #: One legacy row: DICOM keyword -> value as the database returned it.
 LegacyRow = dict[str, Any]
+#: The key of ``legacy.transformation_column``'s value in a row. It is not
+#: a keyword of pydicom's data dictionary, so it cannot collide with one.
+TRANSFORMATION = "transformation"
 
 
 def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -53,10 +56,14 @@ class LegacyDatabase:
         case, so ``AS PatientID`` arrives as ``patientid`` or ``PATIENTID``.
         """
         path_column = self.config.path_column
+        transformation_column = self.config.transformation_column
         names: dict[str, str] = {}
         for column in columns:
             if path_column and column.lower() == path_column.lower():
                 names[column] = path_column
+                continue
+            if transformation_column and column.lower() == transformation_column.lower():
+                names[column] = TRANSFORMATION
                 continue
             keyword = column if column in keyword_dict else _KEYWORDS_BY_LOWER.get(column.lower())
             if keyword is None:
@@ -70,6 +77,11 @@ class LegacyDatabase:
         if "SOPInstanceUID" not in names.values():
             raise LegacyDatabaseError("the reconciliation query returns no SOPInstanceUID column; "
                                       "select the SOP Instance UID AS SOPInstanceUID")
+        if transformation_column and TRANSFORMATION not in names.values():
+            # Without the column no instance would be held back for its transformation.
+            raise LegacyDatabaseError(f"the reconciliation query returns no column "
+                                      f"'{transformation_column}', which legacy.transformation_column "
+                                      "names; add it to the query or remove the setting")
         return names
 
     def fetch(self, uids: Iterable[str]) -> dict[str, LegacyRow]:
@@ -120,10 +132,10 @@ def to_dicom_string(keyword: str, value: Any) -> str | None:
 
 
 def legacy_values(row: LegacyRow, path_column: str | None) -> dict[str, str]:
-    """Return the row's non-empty DICOM values as strings, without the key and path columns."""
+    """Return the row's non-empty DICOM values as strings, without the key, path and transformation columns."""
     return {
         keyword: converted
         for keyword, value in row.items()
-        if keyword not in ("SOPInstanceUID", path_column)
+        if keyword not in ("SOPInstanceUID", path_column, TRANSFORMATION)
         and (converted := to_dicom_string(keyword, value)) is not None
     }

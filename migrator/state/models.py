@@ -332,3 +332,51 @@ class HashKey(Base):
     #: An HMAC of a fixed text under the key, to detect a changed key.
     fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TransformStatus(str, enum.Enum):
+    """The state of one listed pixel transformation."""
+
+    #: Loaded, not yet done; ``migrator transform run`` takes it.
+    PENDING = "pending"
+    SENT = "sent"
+    SENT_WITH_WARNING = "sent_with_warning"
+    #: Refused (for example because of patient geometry) and stored in the
+    #: sin bin archive untransformed.
+    SINBINNED = "sinbinned"
+    #: Not delivered, for the reason recorded; the next run tries again.
+    FAILED = "failed"
+
+
+class TransformItem(Base):
+    """One SOP Instance UID whose pixels are rotated or flipped before it is sent."""
+
+    __tablename__ = "transform_items"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", name="uq_transform_items_uid"),
+        Index("ix_transform_items_status", "status"),
+        Index("ix_transform_items_instance", "instance_id"),
+        Index("ix_transform_items_new_uid", "new_sop_instance_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    #: A :class:`migrator.transform.transformation.Transformation` value.
+    transformation: Mapped[str] = mapped_column(String(32))
+    #: "csv" or "legacy_db".
+    source: Mapped[str] = mapped_column(String(16))
+    #: The CSV file and line, or the legacy database column and its value.
+    source_detail: Mapped[str] = mapped_column(Text)
+    #: The indexed file, or the file received by C-MOVE once it arrived.
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"))
+    status: Mapped[str] = mapped_column(String(32), default=TransformStatus.PENDING.value)
+    #: "index" or "c-move": where the last attempt read the instance from.
+    retrieved_from: Mapped[str | None] = mapped_column(String(16))
+    destination: Mapped[str | None] = mapped_column(String(100))
+    #: The SOP Instance UID sent, when ``transform.new_uid`` gave it a new one.
+    new_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    #: Why the last attempt failed or was refused, or what it changed in the encoding.
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
