@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -139,6 +140,39 @@ class RootConfig(Frozen):
     legacy_path_prefix: str | None = None
 
 
+class TLSConfig(Frozen):
+    """DICOM over TLS (DICOM PS3.15) for the associations to one destination.
+
+    Paths must be absolute. The files are read when an association opens,
+    so ``migrator config check`` reports a missing or invalid one.
+    """
+
+    #: PEM file with the CA certificates that the destination's certificate must chain to.
+    ca_file: Path
+    #: PEM file with our client certificate, for a destination that requires
+    #: one. It may also contain the private key, which key_file otherwise gives.
+    cert_file: Path | None = None
+    #: PEM file with the private key of cert_file, not encrypted.
+    key_file: Path | None = None
+    #: Check that the destination's certificate is valid for ``host``: its
+    #: DNS name, or for an IP address an IP entry in subjectAltName.
+    check_hostname: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _path_is_absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path, such as /etc/migrator/tls/ca.pem")
+        return value
+
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> TLSConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set without cert_file; set cert_file to the client "
+                             "certificate that belongs to the key")
+        return self
+
+
 class DestinationConfig(Frozen):
     """A DICOM storage SCP."""
 
@@ -165,6 +199,9 @@ class DestinationConfig(Frozen):
     #: The C-STORE sender: "pynetdicom" in the worker process, or "dcmsend",
     #: DCMTK's sender run as a child process (needs the dcmtk package).
     engine: Literal["pynetdicom", "dcmsend"] = "pynetdicom"
+    #: DICOM TLS for every association to this destination (C-STORE, C-ECHO,
+    #: and verify's C-FIND and Storage Commitment); None uses plain TCP.
+    tls: TLSConfig | None = None
     #: Associations a worker opens at once to send one batch's instances
     #: for this destination. Each one counts against max_associations. A
     #: destination that serves one association at a time (storescp without
@@ -190,6 +227,15 @@ class DestinationConfig(Frozen):
     #: verified as one: C-FIND goes to the first of them, and an instance
     #: delivered to any of them is expected there.
     verify_archive: str | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_needs_pynetdicom(cls, value: TLSConfig | None, info: ValidationInfo) -> TLSConfig | None:
+        if value is not None and info.data.get("engine") == "dcmsend":
+            raise ValueError('engine = "dcmsend" cannot use TLS, because DCMTK 3.6.7\'s dcmsend has no '
+                             'TLS options; set engine = "pynetdicom" for this destination or remove its '
+                             'tls table')
+        return value
 
 
 class RouteRule(Frozen):

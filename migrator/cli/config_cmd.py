@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, load, out
 from migrator.dicom.send import echo
-from migrator.errors import MigratorError
+from migrator.errors import LegacyDatabaseError, MigratorError
 from migrator.reconcile.legacy import LegacyDatabase
 from migrator.route import load_exclusion_list
 from migrator.state.db import open_state
@@ -38,8 +39,14 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
     def legacy_check() -> None:
         legacy = LegacyDatabase(settings.legacy, settings.base_dir)
-        with legacy.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        try:
+            with legacy.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            url = legacy.engine.url.render_as_string(hide_password=True)
+            reason = getattr(exc, "orig", None) or exc
+            raise LegacyDatabaseError(f"cannot connect to {url}: {reason}; check legacy.url and that "
+                                      "the database server accepts connections from this host") from None
         # Two UIDs, because "IN (:uids)" works with one and fails with more.
         legacy.fetch(["1.2.3.4.5.6.7.8.9", "1.2.3.4.5.6.7.8.10"])
 

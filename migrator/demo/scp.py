@@ -36,7 +36,8 @@ class StorageSCP:
     folder
         Where received instances are written.
     allowed_callers
-        Calling AE titles it accepts; others are rejected.
+        Calling AE titles it accepts; others are rejected. It must not be
+        empty, because pynetdicom takes an empty list as "accept any caller".
     status_for
         Returns the C-STORE status to send for a SOP Instance UID; tests
         use it to play a destination that warns or fails. Default: success.
@@ -51,6 +52,8 @@ class StorageSCP:
     def __init__(self, ae_title: str, folder: Path, allowed_callers: list[str],
                  status_for: Callable[[str], int] | None = None, delay: float = 0.0,
                  transfer_syntaxes: list[str] | None = None, port: int = 0) -> None:
+        if not allowed_callers:
+            raise ValueError(f"storage SCP {ae_title} needs at least one calling AE title to accept")
         self.ae_title = ae_title
         self.folder = folder
         self.status_for = status_for

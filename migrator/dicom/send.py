@@ -29,7 +29,7 @@ from pynetdicom.status import code_to_category
 from migrator.config import DestinationConfig
 from migrator.dicom.breaker import CircuitBreaker
 from migrator.dicom.limit import AssociationLimiter
-from migrator.dicom.net import NODELAY_HANDLERS
+from migrator.dicom.net import NODELAY_HANDLERS, client_tls, tls_problem
 from migrator.errors import DestinationError
 
 LOGGER = logging.getLogger(__name__)
@@ -187,6 +187,8 @@ class StoreSession:
         self._ae.acse_timeout = destination.acse_timeout
         self._ae.dimse_timeout = destination.dimse_timeout
         self._ae.network_timeout = destination.dimse_timeout
+        # Covers the TCP connection and the TLS handshake, which has no other timeout.
+        self._ae.connection_timeout = destination.acse_timeout
         self._assoc: Association | None = None
         self._silent = 0
 
@@ -214,7 +216,7 @@ class StoreSession:
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in self.pairs]
         assoc = self._ae.associate(
             dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
-            max_pdu=dest.max_pdu, evt_handlers=NODELAY_HANDLERS,
+            max_pdu=dest.max_pdu, evt_handlers=NODELAY_HANDLERS, tls_args=client_tls(self.name, dest),
         )
         if not assoc.is_established:
             self._guard.association_failed()
@@ -300,9 +302,11 @@ def association_failure(assoc: Association, calling_ae: str, destination: Destin
         # pynetdicom aborts an association in which no presentation context was accepted.
         return no_context_accepted(str(syntax) for cx in assoc.rejected_contexts
                                    for syntax in cx.transfer_syntax)
-    # pynetdicom reports a refused or timed-out connection as an abort, so
-    # probe the port to tell a stopped service from a dropped association.
-    return connection_problem(destination) or "aborted the association request; check its log for the reason"
+    # pynetdicom reports a refused or timed-out connection and a failed TLS
+    # handshake as an abort, so probe the port, then the handshake, to tell
+    # a stopped service or a certificate problem from a dropped association.
+    return (connection_problem(destination) or tls_problem(destination)
+            or "aborted the association request; check its log for the reason")
 
 
 def rejection(calling_ae: str, destination: DestinationConfig) -> str:
@@ -343,9 +347,10 @@ def echo(calling_ae: str, name: str, destination: DestinationConfig) -> None:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = destination.acse_timeout
     ae.dimse_timeout = destination.dimse_timeout
+    ae.connection_timeout = destination.acse_timeout
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         evt_handlers=NODELAY_HANDLERS)
+                         evt_handlers=NODELAY_HANDLERS, tls_args=client_tls(name, destination))
     if not assoc.is_established:
         raise DestinationError(
             f"destination {name} ({destination.ae_title}@{destination.host}:{destination.port}) "

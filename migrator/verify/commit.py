@@ -171,14 +171,24 @@ class CommitTracker:
 class CommitListener:
     """An SCP that receives the N-EVENT-REPORTs a destination sends on an association of its own.
 
-    It accepts associations only from ``peer_ae_titles`` and only for the
-    Storage Commitment Push Model.
+    It accepts associations only from ``peer_ae_titles``, only when they
+    call ``ae_title``, and only for the Storage Commitment Push Model. It
+    listens without TLS.
+
+    Raises
+    ------
+    ValueError
+        ``peer_ae_titles`` is empty, which pynetdicom would take as "accept any caller".
     """
 
     def __init__(self, ae_title: str, host: str, port: int, peer_ae_titles: Sequence[str],
                  tracker: CommitTracker) -> None:
+        if not peer_ae_titles:
+            raise ValueError("the Storage Commitment listener needs the AE titles of the "
+                             "destinations that may send reports")
         self._ae = AE(ae_title=ae_title)
         self._ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+        self._ae.require_called_aet = True
         self._ae.require_calling_aet = list(peer_ae_titles)
         self._address = (host, port)
         self._tracker = tracker

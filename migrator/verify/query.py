@@ -43,7 +43,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from migrator.config import DestinationConfig
-from migrator.dicom.net import NODELAY_HANDLERS
+from migrator.dicom.net import NODELAY_HANDLERS, client_tls
 from migrator.dicom.send import association_failure
 from migrator.errors import DestinationError
 
@@ -96,6 +96,8 @@ class FindClient:
         self._ae.acse_timeout = destination.acse_timeout
         self._ae.dimse_timeout = destination.dimse_timeout
         self._ae.network_timeout = destination.dimse_timeout
+        # Covers the TCP connection and the TLS handshake, which has no other timeout.
+        self._ae.connection_timeout = destination.acse_timeout
         self._ae.add_requested_context(STUDY_ROOT_FIND)
         # _UI is pynetdicom's type of one extended negotiation item in AE.associate().
         self._roles: list[_UI] = []
@@ -138,11 +140,14 @@ class FindClient:
         DestinationError
             The destination cannot be reached, rejected the association or
             does not support C-FIND in the Study Root model.
+        ConfigError
+            A file of the destination's ``tls`` table is missing or invalid.
         """
         dest = self.destination
         where = f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port})"
         assoc = self._ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=dest.max_pdu,
-                                   ext_neg=self._roles or None, evt_handlers=self._handlers)
+                                   ext_neg=self._roles or None, evt_handlers=self._handlers,
+                                   tls_args=client_tls(self.name, dest))
         if not assoc.is_established:
             if assoc.rejected_contexts and not assoc.accepted_contexts:
                 raise DestinationError(f"{where} does not support C-FIND in the Study Root Query/"
