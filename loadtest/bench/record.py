@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loadtest.bench.profile import SAMPLE_RATE
 from loadtest.bench.report import (
     INDEXING_COLUMNS,
+    PROFILE_COLUMNS,
     SCALE_COLUMNS,
     STATE_SIZE_COLUMNS,
     THROUGHPUT_COLUMNS,
@@ -13,6 +15,7 @@ from loadtest.bench.report import (
     indexing_rows,
     markdown_table,
     problem_lines,
+    profile_rows,
     run_label,
     scale_rows,
     state_size_rows,
@@ -239,9 +242,24 @@ def _scale_on_paper(results: BenchResults) -> list[str]:
             "", *lines, ""]
 
 
+def _profile(results: BenchResults) -> list[str]:
+    profile = results.profile
+    rows = profile_rows(results)
+    if profile is None or not rows:
+        return []
+    return ["### Where migrator start spends its CPU", "",
+            *markdown_table(PROFILE_COLUMNS, rows), "",
+            f"`migrator start` (embedded, pynetdicom) sent the {profile.files:,} files of {profile.root} to "
+            f"the first receiver under `py-spy record --subprocesses --nonblocking --rate {SAMPLE_RATE}`, "
+            f"which took {profile.samples:,} samples of the running threads of every migrator process. "
+            "Each sample counts for the innermost frame that names a step. The share after start-up "
+            "leaves out the interpreter's start and imports, which a long migration pays once per process.",
+            ""]
+
+
 def markdown_section(results: BenchResults) -> str:
-    lines = (_header(results) + _throughput(results) + _indexing(results) + _scale(results)
-             + _state_size(results) + _scale_on_paper(results))
+    lines = (_header(results) + _throughput(results) + _indexing(results) + _profile(results)
+             + _scale(results) + _state_size(results) + _scale_on_paper(results))
     return "\n".join(lines).rstrip() + "\n"
 
 

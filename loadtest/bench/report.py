@@ -129,6 +129,21 @@ def run_label(run: RunResult) -> str:
     return f"{run.label} to {run.receiver}" + ("" if run.valid else " (a row marked invalid)")
 
 
+PROFILE_COLUMNS = ("step of migrator start", "share of samples", "share after start-up")
+#: The profile step that a long migration pays once per process, not per file.
+START_UP_STEP = "interpreter start and imports"
+
+
+def profile_rows(results: BenchResults) -> list[list[str]]:
+    """Return each step's share of the profile's samples, and its share without the start-up."""
+    profile = results.profile
+    if profile is None or not profile.shares:
+        return []
+    steady = 1 - profile.shares.get(START_UP_STEP, 0.0)
+    return [[step, f"{share:.1%}", "–" if step == START_UP_STEP or not steady else f"{share / steady:.1%}"]
+            for step, share in profile.shares.items()]
+
+
 STATE_SIZE_COLUMNS = ("table", "MB as left", "MB after VACUUM FULL", "kB per 1,000 files as left",
                       "kB per 1,000 files after VACUUM FULL")
 
@@ -147,6 +162,8 @@ def problem_lines(results: BenchResults) -> list[str]:
     for measure in results.scale:
         for problem in measure.problems:
             lines.append(f"planner at {measure.rows:,} rows: {problem}")
+    if results.profile is not None:
+        lines += [f"profile of migrator start: {problem}" for problem in results.profile.problems]
     return lines
 
 
@@ -177,6 +194,9 @@ def console_tables(results: BenchResults) -> list[Table]:
         tables.append(rich_table("Indexing", INDEXING_COLUMNS, indexing_rows(results)))
     if results.scale:
         tables.append(rich_table("Planner with synthetic index rows", SCALE_COLUMNS, scale_rows(results)))
+    if profile_rows(results):
+        tables.append(rich_table("Where migrator start spends its CPU", PROFILE_COLUMNS,
+                                 profile_rows(results)))
     size_run = state_size_run(results)
     if size_run is not None:
         tables.append(rich_table(f"PostgreSQL state database after {run_label(size_run)}",

@@ -137,6 +137,18 @@ class ScaleMeasure:
 
 
 @dataclass
+class ProfileMeasure:
+    """The shares of the CPU samples of one ``migrator start`` under py-spy, per pipeline step."""
+
+    root: str
+    files: int
+    samples: int
+    #: Step -> share of the samples, from 0 to 1.
+    shares: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BenchResults:
     started: str
     finished: str = ""
@@ -146,6 +158,7 @@ class BenchResults:
     runs: list[RunResult] = field(default_factory=list)
     baseline: BaselineMeasure | None = None
     scale: list[ScaleMeasure] = field(default_factory=list)
+    profile: ProfileMeasure | None = None
     load_average_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_average_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
     command: str = ""
@@ -180,7 +193,8 @@ class BenchResults:
             plan = PlanMeasure(**run["plan"]) if run.get("plan") else None
             runs.append(RunResult(**{**run, "spread": spread, "plan": plan}))
         baseline = BaselineMeasure(**data["baseline"]) if data.get("baseline") else None
-        return cls(**{**data, "runs": runs, "baseline": baseline,
+        profile = ProfileMeasure(**data["profile"]) if data.get("profile") else None
+        return cls(**{**data, "runs": runs, "baseline": baseline, "profile": profile,
                       "scale": [ScaleMeasure(**measure) for measure in data.get("scale", [])],
                       "load_average_start": tuple(data["load_average_start"]),
                       "load_average_end": tuple(data["load_average_end"])})

@@ -28,6 +28,7 @@ from loadtest.bench.contenders import (
 from loadtest.bench.databases import server_version
 from loadtest.bench.indexing import measure_baseline
 from loadtest.bench.machine import describe_machine, library_versions
+from loadtest.bench.profile import measure_profile
 from loadtest.bench.receivers import (
     RECEIVERS,
     Receiver,
@@ -41,7 +42,11 @@ LOGGER = logging.getLogger(__name__)
 
 #: The contenders and measurements in the order they run, by the name ``--only`` takes.
 CONTENDERS = ("storescu", "embedded", "dcmsend", "dry-run", "folder", "celery")
-MEASUREMENTS = ("indexing", "planner-scale")
+#: The contenders that also run to the second and later receivers. A dry run
+#: sends nothing, and folder batches and Celery workers are compared on the
+#: first receiver only, which keeps the default run within 15 minutes.
+LATER_RECEIVER_CONTENDERS = ("storescu", "embedded", "dcmsend")
+MEASUREMENTS = ("indexing", "planner-scale", "profile")
 NAMES = CONTENDERS + MEASUREMENTS
 RESULTS_NAME = "bench-results.json"
 #: Seconds a child process may take per instance, beyond MIN_TIMEOUT_SECONDS.
@@ -190,24 +195,28 @@ def run_bench(options: BenchOptions, on_result: Callable[[RunResult], None] | No
         archive, archive_generated = _archive(work_dir, options)
         # What an earlier run left in this work dir: its state databases and
         # hard links would change what this run measures.
-        written += [work_dir / name for name in ("receivers", "runs", "baseline", "scale")]
+        written += [work_dir / name for name in ("receivers", "runs", "baseline", "scale", "profile")]
         for path in written:
             shutil.rmtree(path, ignore_errors=True)
         receivers = [RECEIVERS[name](work_dir / "receivers" / name) for name in options.receivers]
         results.versions = _versions(options, receivers)
         results.data = _data(archive, options, "storescp " + " ".join(StoreSCPReceiver.OPTIONS))
         try:
-            for receiver in receivers:
+            for index, receiver in enumerate(receivers):
                 bench = Bench(archive, receiver, work_dir / "runs", options.processes, options.timeout,
                               options.postgres_url, options.redis_url, options.embedded_state,
                               options.celery_workers)
-                for name in CONTENDERS:
+                names = CONTENDERS if index == 0 else LATER_RECEIVER_CONTENDERS
+                for name in names:
                     if name in options.only:
                         LOGGER.info("running %s to %s", name, receiver.name)
                         result = _run_contender(name, bench)
                         results.runs.append(result)
                         if on_result is not None:
                             on_result(result)
+                if index == 0 and "profile" in options.only:
+                    LOGGER.info("profiling migrator start to %s", receiver.name)
+                    results.profile = measure_profile(bench, work_dir / "profile")
                 receiver.stop()
         finally:
             for receiver in receivers:

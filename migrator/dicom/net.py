@@ -1,4 +1,7 @@
-"""Association helpers shared by every SCU and SCP the migrator runs: TCP_NODELAY and DICOM TLS."""
+"""Association helpers shared by every SCU and SCP the migrator runs.
+
+TCP_NODELAY, a guard against pynetdicom's lost responses, and DICOM TLS.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import logging
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.events import EventHandlerType
@@ -41,8 +45,36 @@ def _set_tcp_nodelay(event: evt.Event) -> None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-#: Pass to ``AE.associate`` or ``AE.start_server`` as ``evt_handlers``.
-NODELAY_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
+def _keep_responses(event: evt.Event) -> None:
+    """Give a response that pynetdicom's reactor thread took back to the request that waits for it.
+
+    In pynetdicom 3.0.4, ``send_c_store`` and the other ``send_*`` methods
+    pause the association's reactor thread before they send, but the pause
+    can miss a reactor that has just passed its checkpoint. That thread then
+    takes the response off the DIMSE queue, logs "Received unexpected ...
+    service message" and drops it, and the request waits until the DIMSE
+    timeout. A fast peer makes this likely: one C-STORE in a few thousand
+    into storescp with TCP_NODELAY. Only responses are put back; requests
+    are served as before.
+    """
+    assoc = event.assoc
+    serve = assoc._serve_request
+
+    def serve_or_return(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and msg.is_valid_response:
+            LOGGER.debug("pynetdicom's reactor took a %s; it goes back to the waiting request",
+                         msg.msg_type)
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_return  # type: ignore[method-assign]
+
+
+#: Pass to ``AE.associate`` or ``AE.start_server`` as ``evt_handlers``:
+#: TCP_NODELAY, and no response lost to pynetdicom's reactor thread.
+NODELAY_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay),
+                                            (evt.EVT_CONN_OPEN, _keep_responses)]
 
 
 def _section(name: str) -> str:
