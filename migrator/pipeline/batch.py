@@ -85,6 +85,27 @@ def _rehearse(context: RunContext, session: Session, lease: Lease,
     return BatchResult(lease.batch_id, claimed=True, outcomes=counts)
 
 
+def _by_target(decisions: list[Decision]) -> dict[str, list[Decision]]:
+    by_target: dict[str, list[Decision]] = {}
+    for decision in decisions:
+        by_target.setdefault(decision.route.to, []).append(decision)
+    return by_target
+
+
+def _by_study(decisions: list[Decision]) -> list[list[Decision]]:
+    """Group decisions by the Study Instance UID the destination receives, in batch order.
+
+    Each study's instances go to all of their destinations before the next
+    study starts, so a study's non-pixel objects arrive with its images
+    rather than after every image of the batch.
+    """
+    studies: dict[str, list[Decision]] = {}
+    for decision in decisions:
+        study = decision.reconciliation.values.get("StudyInstanceUID") or decision.instance.study_uid
+        studies.setdefault(str(study or ""), []).append(decision)
+    return list(studies.values())
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, DBAPIError):
         return f"the state database failed: {exc.orig}"
@@ -103,19 +124,18 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
     ).all()
     LOGGER.info("batch %d: %d instance(s) to migrate", batch_id, len(rows))
     decisions = decide(context, session, rows)
-    by_target: dict[str, list[Decision]] = {}
-    for decision in decisions:
-        by_target.setdefault(decision.route.to, []).append(decision)
     if context.dry_run:
-        return _rehearse(context, session, lease, by_target)
-    for decision in by_target.pop(SKIP, []):
-        audit.write(session, audit.Record(
-            instance_id=decision.instance.id, batch_id=batch_id, outcome=Outcome.SKIPPED,
-            reason=decision.route.reason, reconciliation=decision.reconciliation.outcome.value,
-            route_rule=decision.route.rule), commit=False)
-    session.commit()
-    for target, group in by_target.items():
-        deliver(context, session, lease, target, group)
+        return _rehearse(context, session, lease, _by_target(decisions))
+    for study in _by_study(decisions):
+        by_target = _by_target(study)
+        for decision in by_target.pop(SKIP, []):
+            audit.write(session, audit.Record(
+                instance_id=decision.instance.id, batch_id=batch_id, outcome=Outcome.SKIPPED,
+                reason=decision.route.reason, reconciliation=decision.reconciliation.outcome.value,
+                route_rule=decision.route.rule), commit=False)
+        session.commit()
+        for target, group in by_target.items():
+            deliver(context, session, lease, target, group)
     retrying = finish_or_retry(session, lease, context.settings.retries, context.breaker)
     # Count only the instances this call migrated, not earlier runs' outcomes,
     # and not those waiting for a retry.

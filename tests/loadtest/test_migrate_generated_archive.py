@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pydicom
+from sqlalchemy import select
 
 from loadtest.archive import (
     ArchiveSpec,
@@ -24,6 +25,7 @@ from loadtest.verify import compare, outcome_counts, recorded_files
 from migrator.config import load_settings
 from migrator.demo.scp import StorageSCP
 from migrator.state.db import open_state
+from migrator.state.models import AuditEntry, Instance
 from tests.conftest import postgres_database
 from tests.support import CALLING_AE
 
@@ -82,6 +84,39 @@ def test_outcomes_equal_manifest(tmp_path: Path, scps: dict[str, StorageSCP]) ->
 
     check_outcomes(archive.folder / "migrator.toml", manifest)
     check_received(scps, manifest)
+    check_study_order(archive.folder / "migrator.toml")
+
+
+def check_study_order(config: Path) -> None:
+    """Within each batch, every study reaches main and non-pixel before the next study starts."""
+    settings = load_settings(config)
+    sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
+    try:
+        with sessions() as session:
+            rows = session.execute(
+                select(AuditEntry.batch_id, AuditEntry.instance_id).where(
+                    AuditEntry.destination.in_(["main", "nonpixel"])).order_by(AuditEntry.id)).all()
+            studies = {id_: study for id_, study in session.execute(select(Instance.id, Instance.study_uid))}
+    finally:
+        sessions.kw["bind"].dispose()
+    merged = manifest_merges(config)
+    runs: dict[int, list[str]] = {}
+    for batch_id, instance_id in rows:
+        study = merged.get(studies[instance_id], studies[instance_id])
+        sequence = runs.setdefault(batch_id, [])
+        if not sequence or sequence[-1] != study:
+            sequence.append(study)
+    batches_with_two_studies = [sequence for sequence in runs.values() if len(sequence) > 1]
+    assert batches_with_two_studies, "no batch holds two studies; the check proves nothing"
+    for batch_id, sequence in runs.items():
+        assert len(sequence) == len(set(sequence)), f"batch {batch_id} interleaves studies: {sequence}"
+
+
+def manifest_merges(config: Path) -> dict[str, str]:
+    """Return header Study Instance UID -> the study the legacy database merged it into."""
+    manifest = read_manifest(config.parent)
+    return {entry.study_instance_uid: entry.corrections["StudyInstanceUID"] for entry in manifest.files
+            if "StudyInstanceUID" in entry.corrections}
 
 
 def test_cli_archive_on_postgresql(tmp_path: Path, scps: dict[str, StorageSCP]) -> None:
