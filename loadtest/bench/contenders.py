@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-import click
 import typer.main
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,9 +95,11 @@ def dry_run_available() -> bool:
     from migrator.cli import load_commands
 
     command = typer.main.get_command(load_commands())
-    if not isinstance(command, click.Group) or "start" not in command.commands:
+    # Typer's group is not a click.Group when Typer brings its own copy of click.
+    commands = getattr(command, "commands", {})
+    if "start" not in commands:
         return False
-    return any("--dry-run" in parameter.opts for parameter in command.commands["start"].params)
+    return any("--dry-run" in parameter.opts for parameter in commands["start"].params)
 
 
 def run_storescu(bench: Bench) -> RunResult:

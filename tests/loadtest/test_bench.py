@@ -58,7 +58,8 @@ def test_small_bench_rows_verified(tmp_path: Path) -> None:
     runs = {run["contender"]: run for run in results["runs"]}
     assert set(runs) == {"storescu", "embedded", "dcmsend", "dry-run", "celery"}
     assert runs["dcmsend"]["available"] == dcmsend_engine_available()
-    assert runs["dry-run"]["available"] == dry_run_available()
+    assert dry_run_available()
+    assert runs["dry-run"]["available"]
     for name, run in runs.items():
         if not run["available"]:
             assert run["note"], name
