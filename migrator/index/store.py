@@ -112,11 +112,14 @@ def store_parsed(session: Session, root_id: int, parsed: list[ParsedFile], known
                         .values(**values, batch_id=None, outcome=None))
         if item.parse_error:
             unreadable_ids.append((old[0], item))
-    if new_rows:
+    new_unreadable = [item for item in parsed if item.parse_error and item.rel_path not in known]
+    if new_rows and not new_unreadable:
+        # Without RETURNING the rows go in as one executemany, the common case.
+        session.execute(insert(Instance), new_rows)
+    elif new_rows:
         inserted = session.execute(insert(Instance).returning(Instance.id, Instance.rel_path), new_rows)
         by_path = {rel: id_ for id_, rel in inserted}
-        unreadable_ids += [(by_path[item.rel_path], item) for item in parsed
-                           if item.parse_error and item.rel_path not in known]
+        unreadable_ids += [(by_path[item.rel_path], item) for item in new_unreadable]
     for instance_id, item in unreadable_ids:
         summary.unreadable += 1
         LOGGER.warning("unreadable file %s/%s: %s", summary.root, item.rel_path, item.parse_error)
