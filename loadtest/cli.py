@@ -20,16 +20,20 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 
 from loadtest.archive.config import DEFAULT_ENDPOINTS, Endpoint, RunSettings
 from loadtest.archive.generate import GeneratedArchive, generate_archive
 from loadtest.archive.layout import ArchiveSpec
+from loadtest.badfiles import Expected, add_legacy_rows, write_bad_files
 from loadtest.bench.receivers import RECEIVERS, ReceiverError
 from loadtest.bench.record import append_section, markdown_section
 from loadtest.bench.report import console_tables, problem_lines
 from loadtest.bench.results import BenchResults, RunResult
 from loadtest.bench.run import NAMES, BenchOptions, run_bench
 from loadtest.bench.workers import WorkerError
+from migrator.config import load_settings
 from migrator.errors import MigratorError
 
 app = typer.Typer(help="Load-test tools for pacs-migrator.", no_args_is_help=True,
@@ -165,6 +169,89 @@ def _print_summary(archive: GeneratedArchive) -> None:
     out.print(f"Next: migrator config check --config {config}\n"
               f"      migrator plan --config {config}\n"
               f"      migrator start --config {config}")
+
+
+@app.command()
+def badfiles(
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="New or empty folder for the bad files; put it inside a storage root to migrate "
+                      "them.")],
+    outside: Annotated[Path | None, typer.Option(
+        help="Folder outside every storage root for the targets of the symbolic links that leave the "
+             "root. Default: OUT.outside, where OUT is the name of --out, next to the --config file "
+             "or else next to --out.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="migrator.toml of the archive: adds the files' rows to its legacy database, so that they "
+             "are sent and not held back as orphans. --out must be inside one of its roots.")] = None,
+    frames: Annotated[int, typer.Option(
+        min=1, help="Frames of 512 KiB in the uncompressed multi-frame image.")] = 16,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same UIDs.")] = 1,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Write every file's kind, path, UIDs and expected outcome to this JSON file, which must "
+             "not be inside a storage root.")] = None,
+) -> None:
+    """Write one small file of each bad or odd kind, with the outcome the migrator must record."""
+    out_dir = out_dir.absolute()
+    if outside is None:
+        outside = (config.absolute().parent if config else out_dir.parent) / f"{out_dir.name}.outside"
+    outside = outside.absolute()
+    target = _legacy_target(config, out_dir, outside) if config is not None else None
+
+    try:
+        specs = write_bad_files(out_dir, outside, seed=seed, frames=frames)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if target is not None:
+        url, folder, prefix = target
+        try:
+            rows = add_legacy_rows(url, specs, folder, prefix)
+        except (FileExistsError, SQLAlchemyError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        out.print(f"Added {rows} instance rows to the legacy database under {prefix}{folder}")
+
+    if manifest is not None:
+        manifest.write_text(json.dumps([spec.as_json() for spec in specs], indent=2) + "\n",
+                            encoding="utf-8")
+
+    table = Table(title=f"Bad files in {out_dir}")
+    for column in ("path", "kind", "expected", "as root"):
+        table.add_column(column)
+    for spec in specs:
+        table.add_row(spec.rel_path, spec.kind, _expected_text(spec.expected),
+                      _expected_text(spec.expected_as_root) if spec.expected_as_root else "")
+    wide_out.print(table)
+    if target is None:
+        out.print("Without --config the legacy database has no rows for them: every readable file "
+                  "goes to the sin bin as an orphan.")
+
+
+def _expected_text(expected: Expected) -> str:
+    return " ".join(part for part in (expected.outcome, expected.destination, expected.reason) if part)
+
+
+def _legacy_target(config: Path, out_dir: Path, outside: Path) -> tuple[URL, str, str]:
+    """Return the legacy database URL, --out relative to its root, and the root's legacy path prefix."""
+    try:
+        settings = load_settings(config)
+        url = settings.legacy.sqlalchemy_url(settings.base_dir)
+    except MigratorError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    found = None
+    for root in settings.roots:
+        path = settings.resolve(root.path).resolve()
+        if outside.resolve().is_relative_to(path):
+            raise typer.BadParameter(f"{outside} is inside the storage root {root.name}; choose a folder "
+                                     "outside every root", param_hint="--outside")
+        if out_dir.resolve().is_relative_to(path):
+            # Without a prefix, the migrator takes the root's own path as the legacy paths' prefix.
+            found = (url, out_dir.resolve().relative_to(path).as_posix(), root.legacy_path_prefix or str(path))
+    if found is None:
+        raise typer.BadParameter(f"{out_dir} is in none of the storage roots of {config}",
+                                 param_hint="--out")
+    return found
 
 
 #: The benchmark record at the repository root.

@@ -215,6 +215,14 @@ class DestinationConfig(Frozen):
     #: seconds' worth. A commit per instance cost about 0.6 ms on a local
     #: PostgreSQL 15 on a 2-core VM, against 0.45 ms for the writes themselves.
     audit_commit_seconds: float = Field(default=0, ge=0, le=10)
+    #: What happens to an instance stored in a compressed transfer syntax
+    #: (JPEG 2000, JPEG, RLE) whose presentation context the destination does
+    #: not accept. "fail" records it as failed. "decompress" also proposes
+    #: Explicit VR Little Endian for the SOP class and sends a decoded copy in
+    #: it, recording the change in the audit. "sinbin" sends the file as stored
+    #: to the sin bin, with the destination and the transfer syntax in the
+    #: reason. In the [sinbin] section itself, "sinbin" acts as "fail".
+    on_transfer_syntax_rejected: Literal["fail", "decompress", "sinbin"] = "fail"
     #: ``migrator verify``: the destination's own limit on matches per C-FIND,
     #: if it has one (Orthanc: LimitFindResults, LimitFindInstances). A
     #: response with this many matches is treated as cut short and split.

@@ -16,6 +16,10 @@ stream, so the header has no byte offset of its own), files whose data set
 is not encoded in their (0002,0010) Transfer Syntax UID, files with a
 transfer syntax that pydicom does not know, and changes to elements after
 Pixel Data.
+
+A destination that does not accept the stored transfer syntax may receive
+a decoded copy instead (see :mod:`migrator.dicom.decompress`), written from
+the prepared file.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID
 
+from migrator.dicom.padding import copy_pixel_data
 from migrator.dicom.read import (
     PIXEL_TAGS,
     SendHeader,
@@ -51,8 +56,12 @@ LOGGER = logging.getLogger(__name__)
 #: Runs the correction steps on a data set and returns what they changed.
 Corrections = Callable[[Dataset], list[Change]]
 
-_PREAMBLE = b"\x00" * 128 + b"DICM"
+#: The 128-byte preamble and the "DICM" prefix of a Part 10 file.
+PREAMBLE = b"\x00" * 128 + b"DICM"
 _SHARED_MEMORY = Path("/dev/shm")
+#: Larger files go to the temporary folder on disk: a file in /dev/shm is
+#: memory until it is deleted, next to the stored file in the page cache.
+_MEMORY_MAX_BYTES = 64 * 2**20
 _PREFIX = "migrator-send-"
 
 
@@ -69,6 +78,8 @@ class Method(str, enum.Enum):
     SPLICED = "spliced"
     #: The whole file written again by pydicom.
     REWRITTEN = "rewritten"
+    #: A copy with decoded Pixel Data in Explicit VR Little Endian.
+    DECOMPRESSED = "decompressed"
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,9 @@ class PreparedFile:
 class ScratchFolder:
     """A temporary folder for rewritten files, in memory (/dev/shm) when the system has it.
 
-    A file that does not fit in /dev/shm is written to the default temporary
-    folder instead. Use as a context manager: both folders are removed at the end.
+    A file that does not fit in /dev/shm, or is larger than 64 MiB, is
+    written to the default temporary folder instead. Use as a context
+    manager: both folders are removed at the end.
     """
 
     def __init__(self) -> None:
@@ -119,9 +131,9 @@ class ScratchFolder:
         self._folders.append(folder)
         return Path(folder.name)
 
-    def write(self, writer: Callable[[Path], None]) -> Path:
-        """Create a new file, let ``writer`` fill it and return its path."""
-        if self._memory is not None:
+    def write(self, writer: Callable[[Path], None], size: int = 0) -> Path:
+        """Create a new file of about ``size`` bytes, let ``writer`` fill it and return its path."""
+        if self._memory is not None and size <= _MEMORY_MAX_BYTES:
             path = self._new_file(self._memory)
             try:
                 writer(path)
@@ -131,6 +143,9 @@ class ScratchFolder:
                 if exc.errno != errno.ENOSPC:
                     raise
                 LOGGER.debug("%s is full; writing to the temporary folder on disk", self._memory)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         if self._disk is None:
             self._disk = self._make(None)
         path = self._new_file(self._disk)
@@ -175,7 +190,9 @@ def prepare_file(path: Path, corrections: Corrections | None, scratch: ScratchFo
 
     Without ``corrections`` (the sin bin takes files as stored) or when they
     change nothing, the result is ``path`` itself, unless its File Meta
-    Information does not match its data set.
+    Information is missing, cannot be read as stored (no preamble, or not
+    Explicit VR Little Endian) or does not match its data set, or a value
+    has an odd length (see :mod:`migrator.dicom.padding`).
 
     Raises
     ------
@@ -188,20 +205,20 @@ def prepare_file(path: Path, corrections: Corrections | None, scratch: ScratchFo
     ds = header.dataset
     syntax = transfer_syntax_of(ds)
     changes = corrections(ds) if corrections is not None else []
-    if not changes and _meta_matches(ds) and not _misencoded(ds, syntax):
+    if not changes and header.sendable_as_stored and _meta_matches(ds) and not _misencoded(ds, syntax):
         return _prepared(path, ds, syntax, changes, Method.AS_STORED)
     problem = _splice_problem(header, syntax)
     if problem is None:
         if changes:
-            _drop_group_lengths(ds)
-        written = scratch.write(lambda target: _write_spliced(target, header, syntax, path))
+            drop_group_lengths(ds)
+        written = scratch.write(lambda target: _write_spliced(target, header, syntax, path), header.size)
         return _prepared(written, ds, syntax, changes, Method.SPLICED)
     LOGGER.debug("%s: %s; reading and writing the whole file", path, problem)
     full = read_instance(path)
     changes = corrections(full) if corrections is not None else []
     if changes:
-        _drop_group_lengths(full)
-    written = scratch.write(lambda target: _write_whole(target, full))
+        drop_group_lengths(full)
+    written = scratch.write(lambda target: _write_whole(target, full), header.size)
     return _prepared(written, full, syntax, changes, Method.REWRITTEN)
 
 
@@ -236,7 +253,7 @@ def _meta_matches(ds: FileDataset) -> bool:
                 and meta.get("MediaStorageSOPInstanceUID") == ds.SOPInstanceUID)
 
 
-def _file_meta(ds: FileDataset, syntax: UID) -> FileMetaDataset:
+def build_file_meta(ds: FileDataset, syntax: UID) -> FileMetaDataset:
     """Return the File Meta Information, naming the data set's own SOP Class and Instance UIDs.
 
     pynetdicom and dcmsend take the C-STORE's Affected SOP Class and Instance
@@ -251,7 +268,7 @@ def _file_meta(ds: FileDataset, syntax: UID) -> FileMetaDataset:
     return meta
 
 
-def _drop_group_lengths(ds: Dataset) -> None:
+def drop_group_lengths(ds: Dataset) -> None:
     # Group Length elements (gggg,0000) outside the File Meta Information are
     # retired (PS3.5 7.2) and would be wrong once a value in their group changed.
     for tag in [tag for tag in ds.keys() if tag.element == 0]:
@@ -264,20 +281,19 @@ def _write_spliced(target: Path, header: SendHeader, syntax: UID, source: Path) 
     body = DicomBytesIO()
     body.is_implicit_VR, body.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
     try:
-        write_file_meta_info(meta, _file_meta(header.dataset, syntax), enforce_standard=True)
+        write_file_meta_info(meta, build_file_meta(header.dataset, syntax), enforce_standard=True)
         write_dataset(body, header.dataset)
     except Exception as exc:  # pydicom raises many kinds for values it cannot encode
         raise EncodeError(f"cannot encode the corrected data set: {type(exc).__name__}: {exc}") from None
     with open(target, "wb") as out, open(source, "rb") as stored:
-        out.write(_PREAMBLE)
+        out.write(PREAMBLE)
         out.write(meta.getvalue())
         out.write(body.getvalue())
-        stored.seek(header.pixel_offset)
-        shutil.copyfileobj(stored, out, 1 << 20)
+        copy_pixel_data(stored, out, header)
 
 
 def _write_whole(target: Path, ds: FileDataset) -> None:
-    ds.file_meta = _file_meta(ds, transfer_syntax_of(ds))
+    ds.file_meta = build_file_meta(ds, transfer_syntax_of(ds))
     try:
         pydicom.dcmwrite(target, ds, enforce_file_format=True)
     except OSError:

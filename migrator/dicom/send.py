@@ -3,7 +3,12 @@
 The association proposes exactly the (SOP Class, transfer syntax) pairs of
 the batch, each pair in a presentation context of its own. So every
 instance travels in its stored transfer syntax and nothing is decompressed
-(PS3.7 D.3.2 lets an SCU propose one transfer syntax per context).
+(PS3.7 D.3.2 lets an SCU propose one transfer syntax per context). The one
+exception is a destination with ``on_transfer_syntax_rejected = "decompress"``:
+for each SOP class stored in a compressed transfer syntax the association
+also proposes Explicit VR Little Endian (:func:`with_decompressed_contexts`),
+so that one association carries both the files sent as stored and the
+decoded copies of those whose stored transfer syntax was not accepted.
 
 Instances are sent from Part 10 files: pynetdicom reads the File Meta
 Information and streams the data set that follows it, in P-DATA PDUs of the
@@ -20,8 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
@@ -30,7 +37,9 @@ from migrator.config import DestinationConfig
 from migrator.dicom.breaker import CircuitBreaker
 from migrator.dicom.limit import AssociationLimiter
 from migrator.dicom.net import NODELAY_HANDLERS, client_tls, tls_problem
+from migrator.dicom.pacing import pace
 from migrator.errors import DestinationError
+from migrator.steps import Change
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +51,31 @@ MAX_CONTEXTS = 128
 MAX_SILENT_STORES = 3
 
 ContextKey = tuple[str, str]
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A change of transfer syntax made so that a destination would take an instance."""
+
+    old_syntax: str
+    new_syntax: str
+    #: Why: the destination and the presentation context it did not accept.
+    reason: str
+    #: True when the stored transfer syntax allows lossy compression, so the
+    #: pixels sent may already differ from those first acquired. Decoding
+    #: itself changes no stored pixel value.
+    lossy_source: bool
+    #: Header changes that the new encoding needs, such as (0028,0004)
+    #: Photometric Interpretation after JPEG 2000's colour transform.
+    changes: tuple[Change, ...] = ()
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """Return the audit entries: the transfer syntax change first, then the header changes."""
+        syntax = {"keyword": "TransferSyntaxUID", "old": self.old_syntax, "new": self.new_syntax,
+                  "reason": self.reason, "lossy_source": self.lossy_source}
+        return [syntax, *(change.as_dict() for change in self.changes)]
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,11 @@ class StoreResult:
     #: True for a failure that a later attempt may not meet: no response,
     #: or 0xA7xx (out of resources).
     transient: bool = False
+    #: True when nothing was sent because the destination did not accept
+    #: the presentation context of the instance's SOP class and transfer syntax.
+    context_rejected: bool = False
+    #: The transfer syntax change made before sending, if any.
+    conversion: Conversion | None = None
 
 
 def _describe(status: int) -> str:
@@ -78,7 +117,32 @@ def not_accepted(name: str, sop_class: str, syntax: str) -> StoreResult:
     """Return the failure of an instance whose presentation context the destination rejected."""
     return StoreResult("failure", None,
                        f"destination {name} did not accept the presentation context "
-                       f"{sop_class} with transfer syntax {syntax}")
+                       f"{sop_class} with transfer syntax {syntax}", context_rejected=True)
+
+
+def is_compressed(syntax: str) -> bool:
+    """Tell whether ``syntax`` is a standard transfer syntax with encapsulated, compressed Pixel Data."""
+    uid = UID(syntax)
+    return uid.is_transfer_syntax and uid.is_compressed
+
+
+def with_decompressed_contexts(pairs: Iterable[ContextKey]) -> set[ContextKey]:
+    """Add (SOP class, Explicit VR Little Endian) for every SOP class that ``pairs`` has compressed."""
+    pairs = set(pairs)
+    return pairs | {(sop_class, EXPLICIT_VR_LITTLE_ENDIAN) for sop_class, syntax in pairs
+                    if is_compressed(syntax)}
+
+
+class ContextsRejected(DestinationError):
+    """The destination accepted none of the proposed presentation contexts.
+
+    ``pairs`` are the (SOP Class UID, transfer syntax UID) pairs proposed.
+    Trying again cannot help, so the error is not transient.
+    """
+
+    def __init__(self, message: str, pairs: Iterable[ContextKey]) -> None:
+        super().__init__(message, transient=False)
+        self.pairs = frozenset(pairs)
 
 
 def no_response(name: str, why: str) -> StoreResult:
@@ -220,14 +284,31 @@ class StoreSession:
         )
         if not assoc.is_established:
             self._guard.association_failed()
-            raise DestinationError(
-                f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) "
-                f"{association_failure(assoc, self._ae.ae_title, dest)}",
-                transient=not _no_context_accepted(assoc))
+            message = (f"destination {self.name} ({dest.ae_title}@{dest.host}:{dest.port}) "
+                       f"{association_failure(assoc, self._ae.ae_title, dest)}")
+            if _no_context_accepted(assoc):
+                raise ContextsRejected(message, self.pairs)
+            raise DestinationError(message)
         self._guard.associated()
+        pace(assoc)  # read a large file no faster than it is sent
         self._assoc = assoc
         LOGGER.debug("associated with %s: %d contexts proposed, %d accepted", self.name,
                       len(contexts), len(assoc.accepted_contexts))
+
+    def ensure_association(self) -> None:
+        """Open a new association if the last one was lost, so that :meth:`accepts` is current.
+
+        Raises
+        ------
+        DestinationError
+            The destination sent no response to MAX_SILENT_STORES requests
+            in a row, or a new association could not be opened.
+        """
+        if self._silent >= MAX_SILENT_STORES:
+            raise silent_destination(self.name, self._silent)
+        if self._assoc is None or not self._assoc.is_established:
+            LOGGER.warning("association with %s was lost; opening a new one", self.name)
+            self._associate()
 
     def accepts(self, sop_class: str, syntax: str) -> bool:
         """Tell whether the current association accepted this pair."""
@@ -248,11 +329,7 @@ class StoreSession:
         DestinationError
             The association dropped and a new one could not be opened.
         """
-        if self._silent >= MAX_SILENT_STORES:
-            raise silent_destination(self.name, self._silent)
-        if self._assoc is None or not self._assoc.is_established:
-            LOGGER.warning("association with %s was lost; opening a new one", self.name)
-            self._associate()
+        self.ensure_association()
         if not self.accepts(sop_class, syntax):
             return not_accepted(self.name, sop_class, syntax)
         assert self._assoc is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -37,9 +38,11 @@ def list_folder(root: Path, folder: str, real_root: Path,
 
     ``real_root`` is ``root.resolve()``. A symbolic link to a file inside
     the root is listed under the link's name. Other links (to folders, out
-    of the root, or broken) are not followed, so a link loop or a link out
-    of the root cannot make a walk leave the root or never end. They are
-    appended to ``skipped_links``.
+    of the root, broken, or in a loop) are not followed, so a link loop or
+    a link out of the root cannot make a walk leave the root or never end.
+    They are appended to ``skipped_links``. Entries that are neither files,
+    folders nor links (pipes, sockets, devices) are left out, and so is a
+    file deleted while the folder is listed.
 
     Raises
     ------
@@ -51,21 +54,46 @@ def list_folder(root: Path, folder: str, real_root: Path,
     with os.scandir(root / folder) as entries:
         for entry in entries:
             rel = f"{folder}/{entry.name}" if folder else entry.name
-            if entry.is_dir(follow_symlinks=False):
-                subfolders.append(rel)
-            elif entry.is_file(follow_symlinks=False):
-                stat = entry.stat(follow_symlinks=False)
-                files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
-            elif entry.is_symlink():
-                target = Path(entry.path).resolve()
-                if target.is_file() and target.is_relative_to(real_root):
-                    stat = entry.stat()
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(rel)
+                elif entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
                     files.append(FileStat(entry.name, stat.st_size, stat.st_mtime_ns))
-                else:
-                    skipped_links.append(
-                        f"{entry.path}: symbolic link to {target}, which is not a file "
-                        "inside the root; not followed")
+                elif entry.is_symlink():
+                    target = _link_target_stat(entry, real_root, skipped_links)
+                    if target is not None:
+                        files.append(FileStat(entry.name, target.st_size, target.st_mtime_ns))
+            except FileNotFoundError:
+                continue  # deleted since the folder was listed
     return sorted(files, key=lambda f: f.name), subfolders
+
+
+def _link_target_stat(entry: os.DirEntry[str], real_root: Path,
+                      skipped_links: list[str]) -> os.stat_result | None:
+    """Return the stat of a link's target if it is a file inside the root; else record why not."""
+    try:
+        target = Path(entry.path).resolve(strict=True)
+    except RuntimeError:  # Python before 3.13 raises it for a loop, later versions OSError ELOOP
+        skipped_links.append(f"{entry.path}: symbolic link loop; not followed")
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            skipped_links.append(f"{entry.path}: symbolic link loop; not followed")
+        else:
+            skipped_links.append(f"{entry.path}: symbolic link whose target cannot be reached "
+                                 f"({exc.strerror or exc}); not followed")
+        return None
+    if not target.is_relative_to(real_root):
+        reason = f"symbolic link to {target}, outside the root; not followed"
+    elif target.is_dir():
+        reason = f"symbolic link to the folder {target}; links to folders are not followed"
+    elif not target.is_file():
+        reason = f"symbolic link to {target}, which is no regular file; not followed"
+    else:
+        return entry.stat()
+    skipped_links.append(f"{entry.path}: {reason}")
+    return None
 
 
 def folder_error(root: Path, folder: str, exc: OSError) -> str:

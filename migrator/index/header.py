@@ -3,10 +3,11 @@ plus the keyed hashes of its Patient ID and Patient Name, from one parse of the 
 
 Indexing reads every file of the archive once, so this module reads the
 common case, a Part 10 file in a little endian, not deflated transfer
-syntax, with pydicom's element generator and converts only the elements
-the index stores. On the generated CT files this took half the CPU time of
-``dcmread``, which builds the whole data set and its File Meta. Any other
-file, and any file that the quick read cannot take, is read again by
+syntax with complete Pixel Data, with pydicom's element generator and
+converts only the elements the index stores. On the generated CT files
+this took half the CPU time of ``dcmread``, which builds the whole data
+set and its File Meta. Any other file, and any file that the quick read
+cannot take, is read again by
 :func:`migrator.dicom.read.read_header_dataset`, which returns the same
 fields or raises the error that the plan records.
 """
@@ -25,7 +26,12 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from migrator.collisions.hashing import PatientHasher
-from migrator.dicom.read import PIXEL_TAGS, Header, read_header_dataset
+from migrator.dicom.read import (
+    PIXEL_TAGS,
+    Header,
+    pixel_data_problem,
+    read_header_dataset,
+)
 
 _PREAMBLE_AND_PREFIX = 132
 _TRANSFER_SYNTAX = 0x00020010
@@ -94,7 +100,11 @@ def _quick_read(path: str | os.PathLike[str]) -> tuple[Header, str | None, str |
             if _explicit_next(fp, False) == implicit:
                 return None  # the body disagrees with its transfer syntax
             found = _elements(fp, implicit=implicit, stop=_at_pixel_data, tags=_INDEXED_TAGS)
+            pixel_start = fp.tell()
             has_pixel_data = _next_tag(fp) in PIXEL_TAGS
+            # Without Pixel Data, only the full read can tell a complete header from a truncated one.
+            if not has_pixel_data or pixel_data_problem(fp, pixel_start, implicit, True) is not None:
+                return None
     except Exception:  # the full read raises the error with its message
         return None
     return _header(syntax, found, has_pixel_data)

@@ -15,6 +15,17 @@ response per association that was not recorded yet: two instances at most.
 With ``parallel_associations`` above 1 the instances are shared out over
 that many associations, each sending from a thread of its own, while this
 thread writes every outcome (a SQLAlchemy session belongs to one thread).
+
+A destination's ``on_transfer_syntax_rejected`` decides what happens to an
+instance stored in a compressed transfer syntax whose presentation context
+the destination did not accept. "fail" records the failure. "decompress"
+proposes Explicit VR Little Endian as well for the SOP classes of compressed
+files, sends a decoded copy over the same association and records the
+transfer syntax change, with its reason, in the audit row's ``changes``.
+"sinbin" writes no outcome for the destination, and sends the instances to
+the sin bin once the destination's groups are done, with reason
+``transfer_syntax_rejected`` followed by the destination and the presentation
+context it did not accept.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import cast
 
@@ -35,6 +46,7 @@ from sqlalchemy.orm import Session
 from migrator import audit
 from migrator.config import SINBIN, DestinationConfig
 from migrator.context import RunContext
+from migrator.dicom.decompress import Decompressor
 from migrator.dicom.engines import open_engine
 from migrator.dicom.prepare import (
     Corrections,
@@ -44,33 +56,65 @@ from migrator.dicom.prepare import (
     prepare_file,
 )
 from migrator.dicom.read import UnreadableFile
-from migrator.dicom.send import MAX_CONTEXTS, ContextKey, DestinationGuard, StoreResult
+from migrator.dicom.send import (
+    MAX_CONTEXTS,
+    ContextKey,
+    ContextsRejected,
+    DestinationGuard,
+    StoreResult,
+    is_compressed,
+    not_accepted,
+    with_decompressed_contexts,
+)
 from migrator.errors import DestinationError
 from migrator.pipeline.decide import Decision
 from migrator.pipeline.lease import Lease, LeaseLost
+from migrator.route import Route
 from migrator.state.models import Outcome
 from migrator.steps import StepContext, run_steps
 
 LOGGER = logging.getLogger(__name__)
 
+#: The sin bin reason of an instance held back by on_transfer_syntax_rejected = "sinbin".
+TRANSFER_SYNTAX_REJECTED = "transfer_syntax_rejected"
 
-def _context_groups(decisions: Sequence[Decision]) -> list[list[Decision]]:
+
+def _pair(decision: Decision) -> ContextKey:
+    return (decision.instance.sop_class_uid or "", decision.instance.transfer_syntax or "")
+
+
+def _proposed(decisions: Sequence[Decision], decompress: bool) -> set[ContextKey]:
+    """Return the presentation contexts that an association for ``decisions`` proposes."""
+    pairs = {_pair(decision) for decision in decisions}
+    return with_decompressed_contexts(pairs) if decompress else pairs
+
+
+def _context_groups(decisions: Sequence[Decision], decompress: bool) -> list[list[Decision]]:
     """Split decisions so that no association needs more than 128 contexts."""
     groups: list[list[Decision]] = []
-    pairs: set[tuple[str, str]] = set()
+    pairs: set[ContextKey] = set()
     for decision in decisions:
-        pair = (decision.instance.sop_class_uid or "", decision.instance.transfer_syntax or "")
-        if not groups or (pair not in pairs and len(pairs) >= MAX_CONTEXTS):
+        needed = _proposed([decision], decompress)
+        if not groups or len(pairs | needed) > MAX_CONTEXTS:
             groups.append([])
             pairs = set()
-        pairs.add(pair)
+        pairs |= needed
         groups[-1].append(decision)
     return groups
+
+
+def _destination_config(context: RunContext, destination: str) -> DestinationConfig:
+    settings = context.settings
+    return settings.sinbin if destination == SINBIN else settings.destinations[destination]
 
 
 def deliver(context: RunContext, session: Session, lease: Lease, destination: str,
             decisions: Sequence[Decision]) -> None:
     """Send ``decisions`` to ``destination`` (a name or the sin bin), recording each outcome.
+
+    With ``on_transfer_syntax_rejected = "sinbin"``, the instances whose
+    stored transfer syntax the destination did not accept are then sent to
+    the sin bin.
 
     Raises
     ------
@@ -79,8 +123,22 @@ def deliver(context: RunContext, session: Session, lease: Lease, destination: st
     ConfigError
         The destination's engine cannot run on this machine.
     """
-    for group in _context_groups(decisions):
-        _deliver_group(context, session, lease, destination, group)
+    decompress = _destination_config(context, destination).on_transfer_syntax_rejected == "decompress"
+    held_back: list[Decision] = []
+    for group in _context_groups(decisions, decompress):
+        held_back += _deliver_group(context, session, lease, destination, group)
+    if held_back:
+        LOGGER.info("batch %d: %d instance(s) whose transfer syntax %s did not accept go to the "
+                    "sin bin (on_transfer_syntax_rejected = \"sinbin\")", lease.batch_id,
+                    len(held_back), destination)
+        deliver(context, session, lease, SINBIN, held_back)
+
+
+def _held_back(decision: Decision, destination: str, detail: str) -> Decision:
+    """Return ``decision`` routed to the sin bin because ``destination`` rejected its transfer syntax."""
+    # The audit's route_rule column stores at most 200 characters.
+    rule = f"{decision.route.rule} (transfer syntax rejected by {destination})"[:200]
+    return replace(decision, route=Route(rule, SINBIN, TRANSFER_SYNTAX_REJECTED, detail))
 
 
 def _record(decision: Decision, batch_id: int, outcome: Outcome, **fields: object) -> audit.Record:
@@ -160,6 +218,8 @@ class _Sender:
         self._guard = guard
         self._work = work
         self._scratch = scratch
+        self._decompressor = (Decompressor(destination, scratch)
+                              if config.on_transfer_syntax_rejected == "decompress" else None)
         self._unprepared: deque[_Unprepared] = deque()
         #: Attempts handed to the engine whose result has not come back yet.
         self._in_engine: dict[int, _Attempt] = {}
@@ -167,7 +227,7 @@ class _Sender:
     def events(self) -> Generator[_Event, None, None]:
         """Yield an event per instance taken from the queue, as each outcome becomes known."""
         engine = open_engine(self._context.settings.run.ae_title, self._destination, self._config,
-                             self._pairs, self._guard)
+                             self._pairs, self._guard, self._decompressor)
         try:
             with engine:
                 for attempt, result in engine.send(self._outgoing()):
@@ -213,12 +273,13 @@ class _Sender:
 
 
 def _deliver_group(context: RunContext, session: Session, lease: Lease, destination: str,
-                   decisions: Sequence[Decision]) -> None:
-    settings = context.settings
-    config = settings.sinbin if destination == SINBIN else settings.destinations[destination]
-    pairs = {(d.instance.sop_class_uid or "", d.instance.transfer_syntax or "") for d in decisions}
+                   decisions: Sequence[Decision]) -> list[Decision]:
+    """Send one group's instances and return those that the transfer syntax policy holds back for the sin bin."""
+    config = _destination_config(context, destination)
+    pairs = _proposed(decisions, config.on_transfer_syntax_rejected == "decompress")
     work = _WorkQueue(decisions)
-    recorder = _Recorder(session, lease.batch_id, destination, config.audit_commit_seconds)
+    hold_back = destination != SINBIN and config.on_transfer_syntax_rejected == "sinbin"
+    recorder = _Recorder(session, lease.batch_id, destination, config.audit_commit_seconds, hold_back)
     try:
         _send_group(context, session, lease, destination, config, pairs, work, recorder)
         if unsent := work.take_all():
@@ -234,6 +295,11 @@ def _deliver_group(context: RunContext, session: Session, lease: Lease, destinat
                              lease.batch_id, destination)
         raise
     recorder.commit()
+    if recorder.decompressed:
+        LOGGER.info("batch %d: %d instance(s) sent to %s as decoded copies in Explicit VR Little "
+                    "Endian, %d of them from a lossy transfer syntax", lease.batch_id,
+                    recorder.decompressed, destination, recorder.decompressed_lossy)
+    return recorder.held_back
 
 
 def _send_group(context: RunContext, session: Session, lease: Lease, destination: str,
@@ -325,14 +391,21 @@ class _Recorder:
     """Writes the audit row and outcome of each event, committing per audit_commit_seconds."""
 
     def __init__(self, session: Session, batch_id: int, destination: str,
-                 commit_seconds: float) -> None:
+                 commit_seconds: float, hold_back: bool = False) -> None:
         self._session = session
         self._batch_id = batch_id
         self._destination = destination
         self._commit_seconds = commit_seconds
         self._committed = time.monotonic()
+        #: Send compressed instances whose presentation context was rejected to the sin bin.
+        self._hold_back = hold_back
         #: The error that ended the last session which failed.
         self.last_error: DestinationError | None = None
+        #: Instances routed to the sin bin instead, without an outcome yet.
+        self.held_back: list[Decision] = []
+        #: Instances sent as decoded copies, and how many of them from a lossy transfer syntax.
+        self.decompressed = 0
+        self.decompressed_lossy = 0
 
     def commit(self) -> None:
         self._session.commit()
@@ -355,19 +428,37 @@ class _Recorder:
 
     def _stored(self, attempt: _Attempt, result: StoreResult) -> None:
         decision = attempt.decision
+        if self._hold_back and result.context_rejected and is_compressed(attempt.prepared.transfer_syntax):
+            self.held_back.append(_held_back(decision, self._destination, result.detail or ""))
+            return
         outcome, reason = _classify(result, self._destination == SINBIN, decision)
         if outcome is Outcome.FAILED:
             LOGGER.warning("instance %d (%s) to %s failed: %s", decision.instance.id, decision.path,
                            self._destination, reason)
+        changes = [change.as_dict() for change in attempt.prepared.changes]
+        if result.conversion is not None:
+            changes += result.conversion.as_dicts()
+            self.decompressed += 1
+            self.decompressed_lossy += result.conversion.lossy_source
         audit.write(self._session, _record(
             decision, self._batch_id, outcome, destination=self._destination, reason=reason,
             dimse_status=result.status, transient=outcome is Outcome.FAILED and result.transient,
-            changes=[change.as_dict() for change in attempt.prepared.changes],
-            started_at=attempt.started,
+            changes=changes, started_at=attempt.started,
         ), commit=False)
 
     def _unsent(self, decisions: list[Decision], error: DestinationError) -> None:
         self.last_error = error
+        if self._hold_back and isinstance(error, ContextsRejected):
+            # The destination accepted no context at all: hold back the compressed ones.
+            remaining = []
+            for decision in decisions:
+                pair = _pair(decision)
+                if pair not in error.pairs or not is_compressed(pair[1]):
+                    remaining.append(decision)
+                    continue
+                detail = not_accepted(self._destination, *pair).detail or ""
+                self.held_back.append(_held_back(decision, self._destination, detail))
+            decisions = remaining
         if not decisions:
             return
         LOGGER.warning("batch %d: %s; %d instance(s) failed", self._batch_id, error, len(decisions))

@@ -7,6 +7,10 @@ outcome before the next one is known. Every engine:
 
 - sends each file in its stored transfer syntax, in a presentation context
   of its own per (SOP Class, transfer syntax) pair;
+- given a :class:`~migrator.dicom.decompress.Decompressor`, sends a decoded
+  copy of each compressed file whose presentation context the destination
+  did not accept, in Explicit VR Little Endian, and marks its result with
+  the :class:`~migrator.dicom.send.Conversion`;
 - classifies statuses with :func:`~migrator.dicom.send.classify_status` and
   marks no response and 0xA7xx as transient;
 - raises :class:`~migrator.errors.DestinationError` (with the cause, and
@@ -26,6 +30,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 from migrator.config import DestinationConfig
+from migrator.dicom.decompress import Decompressor
 from migrator.dicom.prepare import PreparedFile
 from migrator.dicom.send import ContextKey, DestinationGuard, StoreResult
 
@@ -52,8 +57,13 @@ class StoreEngine(Protocol):
 
 
 def open_engine(calling_ae: str, name: str, destination: DestinationConfig,
-                pairs: Iterable[ContextKey], guard: DestinationGuard) -> StoreEngine:
+                pairs: Iterable[ContextKey], guard: DestinationGuard,
+                decompressor: Decompressor | None = None) -> StoreEngine:
     """Return the engine that ``destination.engine`` names, not yet entered.
+
+    ``pairs`` are the presentation contexts to propose. With a
+    ``decompressor`` they must include Explicit VR Little Endian for the SOP
+    classes of compressed files (:func:`~migrator.dicom.send.with_decompressed_contexts`).
 
     Raises
     ------
@@ -63,7 +73,7 @@ def open_engine(calling_ae: str, name: str, destination: DestinationConfig,
     if destination.engine == "dcmsend":
         from migrator.dicom.engines.dcmsend import DcmsendEngine
 
-        return DcmsendEngine(calling_ae, name, destination, pairs, guard)
+        return DcmsendEngine(calling_ae, name, destination, pairs, guard, decompressor)
     from migrator.dicom.engines.pynetdicom_engine import PynetdicomEngine
 
-    return PynetdicomEngine(calling_ae, name, destination, pairs, guard)
+    return PynetdicomEngine(calling_ae, name, destination, pairs, guard, decompressor)

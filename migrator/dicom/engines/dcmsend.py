@@ -32,6 +32,18 @@ with the next file on the same association and attributes a late response
 to a later request. So the engine stops dcmsend at the first
 missing response, fails that file as transient, and sends the rest over a
 new association, as the pynetdicom engine does.
+
+A file whose presentation context the destination did not accept is logged
+by dcmsend 3.6.7 as ``E: Failed sending C-STORE request: 0006:0101 ASC Bad
+presentation context ID``, or, when the destination accepted none of the
+run's contexts, as ``E: No Acceptable Presentation Contexts`` (its report
+then gives ``<no acceptable presentation context>`` for each file). DCMTK
+has no JPEG 2000 codec. So with a :class:`~migrator.dicom.decompress.Decompressor`
+the engine decodes such files itself and sends the copies in Explicit VR
+Little Endian with a pynetdicom session, together with the chunk's
+uncompressed files. That session proposes Explicit VR Little Endian alone,
+whereas dcmsend would let the destination choose another uncompressed
+transfer syntax, as it does for those files.
 """
 
 from __future__ import annotations
@@ -55,10 +67,13 @@ from typing import IO, TypeVar
 from pydicom.uid import UID
 
 from migrator.config import DestinationConfig
+from migrator.dicom.decompress import Decompressor
 from migrator.dicom.prepare import PreparedFile, remove_stale_folders
 from migrator.dicom.send import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
     MAX_SILENT_STORES,
     ContextKey,
+    ContextsRejected,
     DestinationGuard,
     StoreResult,
     StoreSession,
@@ -139,7 +154,8 @@ class _Run:
     #: The association ended before the run did, so unsent files may go on a new one.
     association_lost: bool = False
     #: The destination accepted none of this run's presentation contexts, but
-    #: the session has other files, in uncompressed transfer syntaxes.
+    #: the session has other pairs: files in uncompressed transfer syntaxes,
+    #: or Explicit VR Little Endian for decoded copies.
     contexts_rejected: bool = False
     #: dcmsend skipped these files as unreadable: path -> its reason.
     bad_files: dict[str, str] = field(default_factory=dict)
@@ -152,12 +168,14 @@ class DcmsendEngine:
     """Sends files with DCMTK's dcmsend, in runs of up to :data:`CHUNK_FILES` files."""
 
     def __init__(self, calling_ae: str, name: str, destination: DestinationConfig,
-                 pairs: Iterable[ContextKey], guard: DestinationGuard) -> None:
+                 pairs: Iterable[ContextKey], guard: DestinationGuard,
+                 decompressor: Decompressor | None = None) -> None:
         self.calling_ae = calling_ae
         self.name = name
         self.destination = destination
         self.pairs = sorted(set(pairs))
         self.guard = guard
+        self._decompressor = decompressor
         self._executable: str | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._silent = 0
@@ -187,20 +205,33 @@ class DcmsendEngine:
         pending = iter(files)
         while chunk := list(islice(pending, CHUNK_FILES)):
             encapsulated = [item for item in chunk if _is_encapsulated(item[1].transfer_syntax)]
-            if encapsulated:
-                yield from self._send_chunk(encapsulated)
-            if uncompressed := [item for item in chunk if not _is_encapsulated(item[1].transfer_syntax)]:
-                yield from self._send_with_pynetdicom(uncompressed)
+            rejected: list[tuple[Key, PreparedFile]] = []
+            for item, result in self._send_chunk(encapsulated):
+                if result.context_rejected and self._decompressor is not None:
+                    rejected.append(item)
+                else:
+                    yield item[0], result
+            uncompressed = [item for item in chunk if not _is_encapsulated(item[1].transfer_syntax)]
+            if uncompressed or rejected:
+                yield from self._send_with_pynetdicom(uncompressed, rejected)
 
-    def _send_with_pynetdicom(self, files: list[tuple[Key, PreparedFile]]
+    def _send_with_pynetdicom(self, files: list[tuple[Key, PreparedFile]],
+                              rejected: list[tuple[Key, PreparedFile]]
                               ) -> Iterator[tuple[Key, StoreResult]]:
+        """Send ``files`` as stored and decoded copies of ``rejected``, over one pynetdicom association."""
         # One association at a time: this one closes before dcmsend opens the next.
         pairs = {(prepared.sop_class_uid, prepared.transfer_syntax) for _, prepared in files}
+        pairs |= {(prepared.sop_class_uid, EXPLICIT_VR_LITTLE_ENDIAN) for _, prepared in rejected}
         with StoreSession(self.calling_ae, self.name, self.destination, pairs, guard=self.guard) as session:
             for key, prepared in files:
                 yield key, session.store(prepared.path, prepared.sop_class_uid, prepared.transfer_syntax)
+            for key, prepared in rejected:
+                assert self._decompressor is not None  # only then are files rejected here
+                yield key, self._decompressor.store(prepared, session)
 
-    def _send_chunk(self, chunk: list[tuple[Key, PreparedFile]]) -> Iterator[tuple[Key, StoreResult]]:
+    def _send_chunk(self, chunk: list[tuple[Key, PreparedFile]]
+                    ) -> Iterator[tuple[tuple[Key, PreparedFile], StoreResult]]:
+        """Send ``chunk`` with dcmsend runs, yielding each (key, file) with its result."""
         remaining = chunk
         idle_runs = 0
         while remaining:
@@ -209,19 +240,20 @@ class DcmsendEngine:
             by_path = {str(prepared.path): (key, prepared) for key, prepared in remaining}
             run = _Run()
             for path, result in self._run(list(by_path.values()), run):
-                yield by_path[path][0], result
+                yield by_path[path], result
             remaining = [(key, prepared) for key, prepared in remaining
                          if str(prepared.path) not in run.finished]
             if not remaining:
                 return
             if run.contexts_rejected:
                 for key, prepared in remaining:
-                    yield key, not_accepted(self.name, prepared.sop_class_uid, prepared.transfer_syntax)
+                    yield (key, prepared), not_accepted(self.name, prepared.sop_class_uid,
+                                                        prepared.transfer_syntax)
                 return
             if not run.association_lost:
                 # dcmsend skipped these files itself: a new association would not help.
                 for key, prepared in remaining:
-                    yield key, self._not_sent(str(prepared.path), run)
+                    yield (key, prepared), self._not_sent(str(prepared.path), run)
                 return
             idle_runs = 0 if run.finished else idle_runs + 1
             if idle_runs >= MAX_IDLE_RUNS:
@@ -489,14 +521,14 @@ class _LogParser:
         engine = self._engine
         pairs = {(file.sop_class_uid, file.transfer_syntax) for file in self._files.values()}
         if self._no_contexts and pairs < set(engine.pairs):
-            # Files of the other pairs may still go through: fail this run's files one by one.
+            # Other pairs may still go through: fail this run's files one by one, as not accepted.
             self._run.contexts_rejected = True
             return
         engine.guard.association_failed()
         if self._no_contexts:
-            raise DestinationError(
+            raise ContextsRejected(
                 f"{engine.label()} {no_context_accepted(syntax for _, syntax in engine.pairs)}",
-                transient=False)
+                engine.pairs)
         if self._rejected:
             raise DestinationError(f"{engine.label()} {rejection(engine.calling_ae, engine.destination)} "
                                    f"(dcmsend: {'; '.join(self._rejected[1:]) or 'rejected'})")
