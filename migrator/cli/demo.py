@@ -36,10 +36,10 @@ def demo_command(
     for problem in result.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
     if result.problems:
-        console.print(f"{len(result.problems)} file(s) unaccounted for or in the wrong place")
+        out.print(f"{len(result.problems)} file(s) unaccounted for or in the wrong place")
         raise typer.Exit(1)
     total = sum(result.table.values())
-    console.print(f"every one of the {total} files is accounted for and landed where it should; "
+    out.print(f"every one of the {total} files is accounted for and landed where it should; "
                   f"state database and configuration in {folder}")
     command = _own_command()
     config = folder / "migrator.toml"

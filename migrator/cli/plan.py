@@ -27,7 +27,7 @@ def plan_command(
     distributed: Annotated[bool, typer.Option(
         "--distributed",
         help="Index on the Celery workers, one task per folder on each root's queue. Needs the "
-             "[broker] section and running workers; resumes an interrupted distributed plan.")] = False,
+             "\\[broker] section and running workers; resumes an interrupted distributed plan.")] = False,
 ) -> None:
     """Index every storage root (only new or changed files) and cut batches."""
     settings = load(config)

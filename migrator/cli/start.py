@@ -14,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load
+from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, fail, load, out
 from migrator.config import Settings
 from migrator.errors import MigratorError
 from migrator.pipeline.dry_run import WOULD_FAIL
@@ -36,7 +36,7 @@ def start_command(
 ) -> None:
     """Migrate every planned batch; run again to resume.
 
-    Without a [broker] section batches run on a local process pool; with one,
+    Without a \\[broker] section batches run on a local process pool; with one,
     they are fed to the Celery workers of each root's queue. A dry run
     always runs on the local pool.
     """
@@ -71,9 +71,9 @@ def start_command(
                       + (f", or 'migrator start --retry-failed' for the {status['failed']} failed "
                          "instance(s)" if status.get("failed") else ""))
     elif settings.broker is not None:
-        console.print("outcomes so far: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+        out.print("outcomes so far: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
     else:
-        console.print("outcomes of this run: "
+        out.print("outcomes of this run: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     unfinished = False
     if status.get(PENDING):
@@ -107,7 +107,7 @@ def _dry_run(settings: Settings, retry_failed: bool) -> int:
     if not totals:
         console.print("dry run: no planned batch to prepare. Run 'migrator plan' first")
         return 0
-    console.print("dry run, nothing sent: " + ", ".join(f"{k.removeprefix('dry run: ')} {v}"
+    out.print("dry run, nothing sent: " + ", ".join(f"{k.removeprefix('dry run: ')} {v}"
                                                         for k, v in sorted(totals.items())))
     console.print("every instance is still pending; 'migrator trace' shows each one's dry-run entry")
     return 1 if totals.get(WOULD_FAIL) else 0

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, fail, load, out
 from migrator.errors import MigratorError
 from migrator.state.db import open_state
-from migrator.state.models import Outcome
+from migrator.state.models import FINAL_OUTCOMES, Outcome
 from migrator.status import PENDING, Status, failed_instances, read_status
 
-COLUMNS = [PENDING] + [outcome.value for outcome in Outcome]
+COLUMNS = [PENDING] + [outcome.value for outcome in FINAL_OUTCOMES]
 
 
 @app.command("status")

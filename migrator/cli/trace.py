@@ -9,6 +9,7 @@ import typer
 from migrator.cli import DEFAULT_CONFIG, ConfigOption, app, console, load
 from migrator.cli import out as stdout
 from migrator.state.db import open_state
+from migrator.state.models import Outcome
 from migrator.trace import Trace, find_traces
 
 
@@ -54,7 +55,12 @@ def print_trace(trace: Trace) -> None:
             out(f"  {when} {entry.outcome}, not sent (rule: {entry.route_rule or '-'}) on host "
                 f"{entry.host}", highlight=False)
         else:
-            status = "no response" if entry.dimse_status is None else f"0x{entry.dimse_status:04X}"
+            if entry.outcome == Outcome.DRY_RUN.value:
+                status = "not sent (dry run)"
+            elif entry.dimse_status is None:
+                status = "none: not sent, or no response"
+            else:
+                status = f"0x{entry.dimse_status:04X}"
             out(f"  {when} {entry.outcome} to {entry.destination} (rule: {entry.route_rule or '-'}, "
                 f"reconciliation: {entry.reconciliation or '-'}, DIMSE status: {status}) on host "
                 f"{entry.host}", highlight=False)

@@ -14,12 +14,19 @@ from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from migrator.report.sql import as_utc
-from migrator.state.models import AuditEntry, Instance, Outcome, SinBinItem, StorageRoot
+from migrator.state.models import (
+    FINAL_OUTCOMES,
+    AuditEntry,
+    Instance,
+    Outcome,
+    SinBinItem,
+    StorageRoot,
+)
 from migrator.state.queries import last_attempts
 from migrator.status import PENDING
 
 #: Outcome columns in the order the report shows them.
-OUTCOME_COLUMNS = [PENDING] + [outcome.value for outcome in Outcome]
+OUTCOME_COLUMNS = [PENDING] + [outcome.value for outcome in FINAL_OUTCOMES]
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,8 @@ def read_summary(session: Session, top: int) -> Summary:
         select(SinBinItem.archived, SinBinItem.released_to.is_not(None), func.count(SinBinItem.id))
         .group_by(SinBinItem.archived, SinBinItem.released_to.is_not(None)))}
 
-    start, end = session.execute(select(func.min(AuditEntry.started_at), func.max(AuditEntry.finished_at))).one()
+    start, end = session.execute(select(func.min(AuditEntry.started_at), func.max(AuditEntry.finished_at))
+                                 .where(AuditEntry.outcome != Outcome.DRY_RUN.value)).one()
     return Summary(
         outcomes_by_root=outcomes_by_root,
         failure_reasons=read_failure_reasons(session, top),

@@ -49,6 +49,8 @@ class Outcome(str, enum.Enum):
     DRY_RUN = "dry_run"
 
 
+#: The outcomes an instance can have; the others appear only in the audit.
+FINAL_OUTCOMES = tuple(outcome for outcome in Outcome if outcome is not Outcome.DRY_RUN)
 #: Outcomes that mean the instance is stored at a destination.
 DELIVERED = (Outcome.SENT, Outcome.SENT_WITH_WARNING, Outcome.SINBINNED)
 

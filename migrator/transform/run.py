@@ -419,8 +419,14 @@ def _record_store(session: Session, work: _Work, name: str, result: StoreResult)
 def _record(session: Session, work: _Work, outcome: Outcome, *, destination: str | None = None,
             dimse_status: int | None = None, reason: str | None = None, transient: bool = False,
             final: bool = True) -> None:
-    """Write the audit row of the attempt and the item's status."""
+    """Write the audit row of the attempt and the item's status.
+
+    An instance that the migration already sent keeps that outcome: it is
+    at the destination whatever happens to its transformed copy.
+    """
     assert work.source is not None
+    current = session.scalar(select(Instance.outcome).where(Instance.id == work.source.instance_id))
+    final = final and current not in (Outcome.SENT.value, Outcome.SENT_WITH_WARNING.value)
     description = _description(work, outcome)
     full_reason = "; ".join(part for part in (reason, description) if part)
     audit.write(session, audit.Record(

@@ -45,8 +45,8 @@ def test_dry_run_then_start(tmp_path: Path, sqlite_url: str) -> None:
         by_destination = Counter(row.destination for row in rows)
         expected = Counter(e.destination for e in migration.archive.expected if e.destination != "unreadable")
         assert by_destination == expected
-        assert "nothing sent" in dry.stderr
-        assert "main" in dry.stderr
+        assert "nothing sent" in dry.stdout
+        assert "main" in dry.stdout
 
         # A second dry run rehearses the same batches again.
         assert _start(config, "--dry-run").returncode == 0
@@ -75,7 +75,7 @@ def test_dry_run_missing_file(tmp_path: Path, sqlite_url: str) -> None:
 
     dry = _start(tmp_path / "migrator.toml", "--dry-run")
     assert dry.returncode == 1
-    assert "would fail 1" in dry.stderr
+    assert "would fail 1" in dry.stdout
     entries = migration.audit_of(gone)
     assert [e.outcome for e in entries] == [Outcome.DRY_RUN.value]
     assert entries[0].reason is not None and entries[0].reason.startswith("would fail: ")

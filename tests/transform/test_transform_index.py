@@ -44,9 +44,10 @@ from tests.transform.support import (
 )
 
 SAMPLES = {"held": "SC_rgb_rle.dcm", "invalid": "OBXXXX1A.dcm", "plain": "SC_rgb.dcm",
-           "sent_first": "SC_rgb_small_odd.dcm", "listed_first": "emri_small.dcm"}
+           "sent_first": "SC_rgb_small_odd.dcm", "listed_first": "emri_small.dcm",
+           "sent_geometry": "CT_small.dcm"}
 LEGACY_VALUES = {"held": "Rotate clockwise 90 degrees", "invalid": "turn it around", "plain": None,
-                 "sent_first": None, "listed_first": None}
+                 "sent_first": None, "listed_first": None, "sent_geometry": None}
 
 
 @dataclass
@@ -183,6 +184,18 @@ def test_sent_instance_needs_new_uid(archive: Archive) -> None:
     assert trace.exit_code == 0, trace.output
     assert "transform: rotate_180" in trace.stdout
     assert f"changed SOPInstanceUID: '{uid}' -> '{item.new_sop_instance_uid}'" in trace.stdout
+
+
+def test_refused_transform_keeps_sent_outcome(archive: Archive) -> None:
+    """A sent CT image refused for its patient geometry goes to the sin bin but stays sent."""
+    uid = archive.uid("sent_geometry")
+    assert archive.outcome("sent_geometry") == "sent"
+    listing = write_csv(archive.tmp / "geometry.csv", [(uid, "flip_vertical")])
+    assert migrator("transform", "load", str(listing), "--config", str(archive.config)).exit_code == 0
+    migrator("transform", "run", "--config", str(archive.config.with_name("new-uid.toml")))
+    assert archive.item(uid).status == "sinbinned"
+    assert archive.outcome("sent_geometry") == "sent"
+    assert archive.audit("sent_geometry")[-1][0] == "sinbinned"
 
 
 def test_uid_outside_index_fails_without_legacy_pacs(archive: Archive) -> None:
