@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from multiprocessing import forkserver, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
@@ -114,4 +114,19 @@ def index_roots(settings: Settings, sessions: sessionmaker[Session],
                     store_parsed(write_session, root_id, parsed, known, summaries[names[root_id]])
                     if on_progress:
                         on_progress(names[root_id], len(parsed))
+    _stop_fork_server()
     return summaries
+
+
+def _stop_fork_server() -> None:
+    """Stop the fork server once the pool is done, and wait for it.
+
+    It would otherwise run until this process exits, unwaited, so that a
+    parent's resource accounting (wait4, /usr/bin/time) missed the CPU of
+    every parsing process. multiprocessing has no public call for this;
+    without ``_stop`` the server ends with this process as before.
+    """
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if callable(stop):
+        stop()
