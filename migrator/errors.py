@@ -6,6 +6,7 @@ The tree::
      ├── ConfigError          the configuration file is missing or invalid
      ├── StateError           the state database cannot be used
      ├── LegacyDatabaseError  the reconciliation query failed
+     ├── StorageRootError     a storage root is missing, unreadable or empty
      └── DestinationError     a destination could not be reached or rejected
                               the association
 
@@ -28,6 +29,10 @@ class StateError(MigratorError):
 
 class LegacyDatabaseError(MigratorError):
     """The legacy database or the reconciliation query failed."""
+
+
+class StorageRootError(MigratorError):
+    """A storage root with planned batches is missing, cannot be read, or is empty."""
 
 
 class DestinationError(MigratorError):

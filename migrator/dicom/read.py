@@ -51,6 +51,8 @@ NOT_DICOM = ("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte prea
              "start with a DICOM element either; check whether the file is DICOM at all")
 DICOMDIR = ("DICOMDIR (media directory), not an image: it lists the files of a DICOM medium and "
             "contains no instance to migrate; nothing to do")
+#: The reason of an indexed file that is no longer there when it is sent.
+FILE_GONE = "file not found; it was indexed but is gone: check that the storage root is mounted"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 #: Groups that a data set without File Meta Information may start with:
@@ -350,9 +352,7 @@ def read_send_header(path: str | os.PathLike[str]) -> SendHeader:
     except UnreadableFile:
         raise
     except FileNotFoundError:
-        raise UnreadableFile(
-            "file not found; it was indexed but is gone: check that the storage root is mounted"
-        ) from None
+        raise UnreadableFile(FILE_GONE) from None
     except OSError as exc:
         raise UnreadableFile(f"cannot read the file: {exc.strerror or exc}{_access_hint(exc)}") from None
     except Exception as exc:  # pydicom raises many kinds on malformed input
@@ -408,9 +408,7 @@ def read_instance(path: Path) -> FileDataset:
     except UnreadableFile:
         raise
     except FileNotFoundError:
-        raise UnreadableFile(
-            "file not found; it was indexed but is gone: check that the storage root is mounted"
-        ) from None
+        raise UnreadableFile(FILE_GONE) from None
     except OSError as exc:
         raise UnreadableFile(f"cannot read the file: {exc.strerror or exc}{_access_hint(exc)}") from None
     except Exception as exc:

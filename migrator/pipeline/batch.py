@@ -17,7 +17,7 @@ from migrator.config import SKIP
 from migrator.context import RunContext
 from migrator.errors import StateError
 from migrator.pipeline.decide import Decision, decide
-from migrator.pipeline.deliver import deliver
+from migrator.pipeline.deliver import BatchDestinations, deliver
 from migrator.pipeline.dry_run import rehearse
 from migrator.pipeline.lease import Lease, LeaseLost, claim
 from migrator.pipeline.retry import backoff, finish_or_retry
@@ -126,6 +126,7 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
     decisions = decide(context, session, rows)
     if context.dry_run:
         return _rehearse(context, session, lease, _by_target(decisions))
+    destinations = BatchDestinations()
     for study in _by_study(decisions):
         by_target = _by_target(study)
         for decision in by_target.pop(SKIP, []):
@@ -135,7 +136,7 @@ def _migrate(context: RunContext, session: Session, lease: Lease) -> BatchResult
                 route_rule=decision.route.rule), commit=False)
         session.commit()
         for target, group in by_target.items():
-            deliver(context, session, lease, target, group)
+            deliver(context, session, lease, target, group, destinations)
     retrying = finish_or_retry(session, lease, context.settings.retries, context.breaker)
     # Count only the instances this call migrated, not earlier runs' outcomes,
     # and not those waiting for a retry.

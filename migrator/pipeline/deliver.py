@@ -34,13 +34,15 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import cast
 
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from migrator import audit
@@ -51,24 +53,33 @@ from migrator.dicom.engines import open_engine
 from migrator.dicom.prepare import (
     Corrections,
     EncodeError,
+    Method,
     PreparedFile,
     ScratchFolder,
     prepare_file,
 )
-from migrator.dicom.read import UnreadableFile
+from migrator.dicom.read import FILE_GONE, UnreadableFile
 from migrator.dicom.send import (
     MAX_CONTEXTS,
+    MAX_SILENT_STORES,
     ContextKey,
     ContextsRejected,
     DestinationGuard,
     StoreResult,
     is_compressed,
     not_accepted,
+    silent_destination,
     with_decompressed_contexts,
 )
 from migrator.errors import DestinationError
 from migrator.pipeline.decide import Decision
-from migrator.pipeline.lease import Lease, LeaseLost
+from migrator.pipeline.lease import (
+    GIVE_BACK_POLL_SECONDS,
+    LEASE,
+    RENEW_EVERY,
+    Lease,
+    LeaseLost,
+)
 from migrator.route import Route
 from migrator.state.models import Outcome
 from migrator.steps import StepContext, run_steps
@@ -77,6 +88,26 @@ LOGGER = logging.getLogger(__name__)
 
 #: The sin bin reason of an instance held back by on_transfer_syntax_rejected = "sinbin".
 TRANSFER_SYNTAX_REJECTED = "transfer_syntax_rejected"
+#: How often a batch that waits for the state database to record outcomes logs the wait again.
+STILL_WAITING_LOG_SECONDS = 60.0
+
+
+@dataclass
+class BatchDestinations:
+    """What the deliveries of one batch learned about its destinations, shared by its deliver() calls.
+
+    A batch is delivered study by study, so one destination meets several
+    calls. A destination that ended a call with instances left unsent for a
+    transient reason (unreachable, refused, aborted) is given up with its
+    error, and so is
+    one that sent no response to MAX_SILENT_STORES C-STOREs in a row across
+    calls. Later calls record its instances as failed with that error
+    without trying it again; the batch's automatic retry tries them later.
+    """
+
+    given_up: dict[str, DestinationError] = field(default_factory=dict)
+    #: C-STOREs in a row without a response, per destination.
+    silent: Counter[str] = field(default_factory=Counter)
 
 
 def _pair(decision: Decision) -> ContextKey:
@@ -109,12 +140,14 @@ def _destination_config(context: RunContext, destination: str) -> DestinationCon
 
 
 def deliver(context: RunContext, session: Session, lease: Lease, destination: str,
-            decisions: Sequence[Decision]) -> None:
+            decisions: Sequence[Decision], batch: BatchDestinations | None = None) -> None:
     """Send ``decisions`` to ``destination`` (a name or the sin bin), recording each outcome.
 
     With ``on_transfer_syntax_rejected = "sinbin"``, the instances whose
     stored transfer syntax the destination did not accept are then sent to
     the sin bin.
+
+    ``batch`` is shared by the calls of one batch (see :class:`BatchDestinations`).
 
     Raises
     ------
@@ -123,15 +156,34 @@ def deliver(context: RunContext, session: Session, lease: Lease, destination: st
     ConfigError
         The destination's engine cannot run on this machine.
     """
+    batch = BatchDestinations() if batch is None else batch
     decompress = _destination_config(context, destination).on_transfer_syntax_rejected == "decompress"
     held_back: list[Decision] = []
-    for group in _context_groups(decisions, decompress):
-        held_back += _deliver_group(context, session, lease, destination, group)
+    if destination in batch.given_up:
+        held_back = _give_up(context, session, lease, destination, decisions, batch.given_up[destination])
+    else:
+        for group in _context_groups(decisions, decompress):
+            held_back += _deliver_group(context, session, lease, destination, group, batch)
     if held_back:
         LOGGER.info("batch %d: %d instance(s) whose transfer syntax %s did not accept go to the "
                     "sin bin (on_transfer_syntax_rejected = \"sinbin\")", lease.batch_id,
                     len(held_back), destination)
-        deliver(context, session, lease, SINBIN, held_back)
+        deliver(context, session, lease, SINBIN, held_back, batch)
+
+
+def _give_up(context: RunContext, session: Session, lease: Lease, destination: str,
+             decisions: Sequence[Decision], error: DestinationError) -> list[Decision]:
+    """Record ``decisions`` as failed with the error that ended an earlier call to ``destination``.
+
+    Returns the instances that the transfer syntax policy holds back for the sin bin instead.
+    """
+    config = _destination_config(context, destination)
+    hold_back = destination != SINBIN and config.on_transfer_syntax_rejected == "sinbin"
+    recorder = _Recorder(session, lease, destination, config.audit_commit_seconds, _WorkQueue([]),
+                         hold_back)
+    recorder.record(_Unsent(list(decisions), error))
+    recorder.finish()
+    return recorder.held_back
 
 
 def _held_back(decision: Decision, destination: str, detail: str) -> Decision:
@@ -186,13 +238,23 @@ class _WorkQueue:
     def __init__(self, decisions: Sequence[Decision]) -> None:
         self._decisions = deque(decisions)
         self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
         self.stopped = False
 
     @property
     def size(self) -> int:
         return len(self._decisions)
 
+    def pause(self) -> None:
+        """Make every session wait in :meth:`take` until :meth:`resume`."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
     def take(self) -> Decision | None:
+        self._open.wait()
         with self._lock:
             if self.stopped or not self._decisions:
                 return None
@@ -256,9 +318,10 @@ class _Sender:
             started = audit.now()
             try:
                 prepared = prepare_file(decision.path, self._corrections(decision), self._scratch)
-            except (UnreadableFile, EncodeError) as exc:
-                LOGGER.warning("instance %d (%s): %s", decision.instance.id, decision.path, exc)
-                self._unprepared.append(_Unprepared(decision, f"{decision.path}: {exc}", started))
+            except (UnreadableFile, EncodeError, OSError) as exc:
+                reason = _unprepared_reason(decision.path, exc)
+                LOGGER.warning("instance %d (%s): %s", decision.instance.id, decision.path, reason)
+                self._unprepared.append(_Unprepared(decision, f"{decision.path}: {reason}", started))
                 continue
             attempt = _Attempt(decision, prepared, started)
             self._in_engine[id(attempt)] = attempt
@@ -272,20 +335,37 @@ class _Sender:
         return lambda ds: run_steps(steps, ds, step_context)
 
 
+def _unprepared_reason(path: Path, exc: Exception) -> str:
+    """Word why the file to send for the stored file ``path`` could not be prepared."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    # The stored file went away after its header was read, while its Pixel
+    # Data was copied, or the corrected copy could not be written.
+    if not path.exists():
+        return FILE_GONE
+    return f"cannot prepare the file to send: {exc.strerror or exc} ({exc.filename})"
+
+
 def _deliver_group(context: RunContext, session: Session, lease: Lease, destination: str,
-                   decisions: Sequence[Decision]) -> list[Decision]:
+                   decisions: Sequence[Decision], batch: BatchDestinations) -> list[Decision]:
     """Send one group's instances and return those that the transfer syntax policy holds back for the sin bin."""
     config = _destination_config(context, destination)
     pairs = _proposed(decisions, config.on_transfer_syntax_rejected == "decompress")
     work = _WorkQueue(decisions)
     hold_back = destination != SINBIN and config.on_transfer_syntax_rejected == "sinbin"
-    recorder = _Recorder(session, lease.batch_id, destination, config.audit_commit_seconds, hold_back)
+    recorder = _Recorder(session, lease, destination, config.audit_commit_seconds, work, hold_back, batch)
     try:
-        _send_group(context, session, lease, destination, config, pairs, work, recorder)
+        refused = _send_group(context, session, lease, destination, config, pairs, work, recorder)
+        # Only an unreachable or failing destination is given up; one that rejected
+        # these instances' presentation contexts may take the next study's.
+        if refused is not None and refused.transient:
+            batch.given_up[destination] = refused
         if unsent := work.take_all():
             # Every session ended with a DestinationError before the queue was empty.
             assert recorder.last_error is not None
             recorder.record(_Unsent(unsent, recorder.last_error))
+            if recorder.last_error.transient:
+                batch.given_up[destination] = recorder.last_error
     except BaseException:
         # The outcomes already written are facts, whatever ended the group.
         try:
@@ -294,7 +374,7 @@ def _deliver_group(context: RunContext, session: Session, lease: Lease, destinat
             LOGGER.exception("batch %d: the outcomes recorded for %s could not be committed",
                              lease.batch_id, destination)
         raise
-    recorder.commit()
+    recorder.finish()
     if recorder.decompressed:
         LOGGER.info("batch %d: %d instance(s) sent to %s as decoded copies in Explicit VR Little "
                     "Endian, %d of them from a lossy transfer syntax", lease.batch_id,
@@ -304,13 +384,14 @@ def _deliver_group(context: RunContext, session: Session, lease: Lease, destinat
 
 def _send_group(context: RunContext, session: Session, lease: Lease, destination: str,
                 config: DestinationConfig, pairs: set[ContextKey], work: _WorkQueue,
-                recorder: _Recorder) -> None:
+                recorder: _Recorder) -> DestinationError | None:
+    """Send the work queue's instances; return the error if no association slot could be had."""
     first = DestinationGuard(destination, config, context.limiter, context.breaker)
     try:
         first.keep()  # the first slot before any extra one, so parallel sessions never starve it
     except DestinationError as exc:
         recorder.record(_Unsent(work.take_all(), exc))
-        return
+        return exc
     extra = _extra_guards(context, destination, config, work.size)
     with ScratchFolder() as scratch:
         senders = [_Sender(context, destination, config, pairs, guard, work, scratch)
@@ -319,9 +400,9 @@ def _send_group(context: RunContext, session: Session, lease: Lease, destination
             with closing(senders[0].events()) as events:
                 for event in events:
                     recorder.record(event)
-                    lease.renew(session)
         else:
-            _run_in_threads(session, lease, recorder, work, senders)
+            _run_in_threads(recorder, work, senders)
+    return None
 
 
 def _extra_guards(context: RunContext, destination: str, config: DestinationConfig,
@@ -340,7 +421,7 @@ def _extra_guards(context: RunContext, destination: str, config: DestinationConf
 _DONE = object()
 
 
-def _run_in_threads(session: Session, lease: Lease, recorder: _Recorder, work: _WorkQueue,
+def _run_in_threads(recorder: _Recorder, work: _WorkQueue,
                     senders: list[_Sender]) -> None:
     """Run each sender in a thread of its own and record their events in this thread."""
     events: queue.Queue[object] = queue.Queue()
@@ -369,9 +450,8 @@ def _run_in_threads(session: Session, lease: Lease, recorder: _Recorder, work: _
                 work.stopped = True
                 failure = failure or item
             else:
-                recorder.record(cast(_Event, item))
                 try:
-                    lease.renew(session)
+                    recorder.record(cast(_Event, item))
                 except LeaseLost as exc:
                     # Take no more instances; those in flight still end and are recorded.
                     work.stopped = True
@@ -388,15 +468,28 @@ def _run_in_threads(session: Session, lease: Lease, recorder: _Recorder, work: _
 
 
 class _Recorder:
-    """Writes the audit row and outcome of each event, committing per audit_commit_seconds."""
+    """Writes the audit row and outcome of each event, committing per audit_commit_seconds.
 
-    def __init__(self, session: Session, batch_id: int, destination: str,
-                 commit_seconds: float, hold_back: bool = False) -> None:
+    Recording also renews the batch's lease. When the state database
+    rejects a write (it is full, restarting or unreachable), the recorder
+    pauses the work queue, so no session takes another instance, and writes
+    the uncommitted outcomes again until the database takes them. An
+    instance that was sent is then recorded once instead of being sent
+    again by a later attempt at the batch.
+    """
+
+    def __init__(self, session: Session, lease: Lease, destination: str, commit_seconds: float,
+                 work: _WorkQueue, hold_back: bool = False, batch: BatchDestinations | None = None) -> None:
         self._session = session
-        self._batch_id = batch_id
+        self._batch = BatchDestinations() if batch is None else batch
+        self._lease = lease
+        self._batch_id = lease.batch_id
         self._destination = destination
         self._commit_seconds = commit_seconds
         self._committed = time.monotonic()
+        self._work = work
+        #: Outcomes written since the last commit, written again if the transaction is lost.
+        self._uncommitted: list[audit.Record] = []
         #: Send compressed instances whose presentation context was rejected to the sin bin.
         self._hold_back = hold_back
         #: The error that ended the last session which failed.
@@ -409,29 +502,130 @@ class _Recorder:
 
     def commit(self) -> None:
         self._session.commit()
+        self._uncommitted.clear()
         self._committed = time.monotonic()
 
-    def _written(self) -> None:
-        if time.monotonic() - self._committed >= self._commit_seconds:
-            self.commit()
+    def finish(self) -> None:
+        """Commit the outcomes not committed yet, waiting for the state database if it fails."""
+        self._store([], commit=True)
 
     def record(self, event: _Event) -> None:
-        if isinstance(event, _Stored):
-            self._stored(event.attempt, event.result)
-        elif isinstance(event, _Unprepared):
-            audit.write(self._session, _record(
-                event.decision, self._batch_id, Outcome.FAILED, destination=self._destination,
-                reason=event.reason, started_at=event.started), commit=False)
-        else:
-            self._unsent(event.decisions, event.error)
-        self._written()
+        """Write the outcomes of ``event`` and renew the lease when it is due.
 
-    def _stored(self, attempt: _Attempt, result: StoreResult) -> None:
+        Raises
+        ------
+        LeaseLost
+            Another worker took the batch over.
+        OperationalError
+            The state database did not take the outcomes before the lease expired.
+        """
+        if isinstance(event, _Stored):
+            records = self._stored(event.attempt, event.result)
+        elif isinstance(event, _Unprepared):
+            records = [_record(event.decision, self._batch_id, Outcome.FAILED,
+                               destination=self._destination, reason=event.reason,
+                               started_at=event.started)]
+        else:
+            records = self._unsent(event.decisions, event.error)
+        self._store(records)
+
+    def _store(self, records: list[audit.Record], commit: bool = False) -> None:
+        self._uncommitted += records
+        try:
+            self._write(records, commit)
+        except OperationalError as exc:
+            self._wait_for_database(exc)
+
+    def _write(self, records: list[audit.Record], commit: bool) -> None:
+        for record in records:
+            audit.write(self._session, record, commit=False)
+        renew = audit.now() - self._lease.renewed_at >= RENEW_EVERY
+        # The lease's renewal commits the session, so the outcomes are committed first.
+        if commit or renew or time.monotonic() - self._committed >= self._commit_seconds:
+            self.commit()
+        if renew:
+            self._lease.renew(self._session)
+
+    def _wait_for_database(self, error: OperationalError) -> None:
+        """Write the uncommitted outcomes again until the state database takes them.
+
+        Gives up, raising the last error, when the lease is about to expire,
+        because another worker may then take the batch over. While the
+        database accepts the lease's renewal the wait goes on.
+        """
+        started = logged = time.monotonic()
+        LOGGER.warning("batch %d: the state database cannot record outcomes (%s); no instance is "
+                       "sent until it can, and then the batch goes on by itself%s", self._batch_id,
+                       _database_error(error), _database_hint(error))
+        self._work.pause()
+        try:
+            while True:
+                self._rollback()
+                self._keep_lease()
+                expires_in = (self._lease.renewed_at + LEASE - audit.now()).total_seconds()
+                if expires_in < 2 * GIVE_BACK_POLL_SECONDS:
+                    LOGGER.error("batch %d: the state database still cannot record outcomes (%s); "
+                                 "the batch stops before its lease expires", self._batch_id,
+                                 _database_error(error))
+                    raise error
+                time.sleep(GIVE_BACK_POLL_SECONDS)
+                try:
+                    self._write(list(self._uncommitted), commit=True)
+                    break
+                except OperationalError as exc:
+                    error = exc
+                if time.monotonic() - logged >= STILL_WAITING_LOG_SECONDS:
+                    logged = time.monotonic()
+                    LOGGER.warning("batch %d: still waiting for the state database to record "
+                                   "outcomes after %d s (%s)%s", self._batch_id, logged - started,
+                                   _database_error(error), _database_hint(error))
+        except BaseException:
+            self._work.stopped = True  # nothing more is sent by this attempt at the batch
+            raise
+        finally:
+            self._work.resume()
+        LOGGER.warning("batch %d: the state database records outcomes again after %d s; the batch "
+                       "goes on", self._batch_id, time.monotonic() - started)
+
+    def _rollback(self) -> None:
+        try:
+            self._session.rollback()
+        except SQLAlchemyError as exc:
+            LOGGER.debug("batch %d: rollback failed: %s", self._batch_id, exc)
+
+    def _keep_lease(self) -> None:
+        """Renew the lease if it is due and the state database takes that write."""
+        try:
+            self._lease.renew(self._session)
+        except OperationalError:
+            self._rollback()
+
+    def _count_silence(self, result: StoreResult) -> None:
+        """Give the destination up once the batch's C-STOREs meet MAX_SILENT_STORES silences in a row."""
+        if result.status is not None:
+            self._batch.silent[self._destination] = 0
+            return
+        if not result.transient or result.context_rejected:
+            return  # nothing was sent: a file that cannot be read or encoded, or no context
+        self._batch.silent[self._destination] += 1
+        count = self._batch.silent[self._destination]
+        if count >= MAX_SILENT_STORES and self._destination not in self._batch.given_up:
+            error = silent_destination(self._destination, count)
+            self.last_error = error
+            self._batch.given_up[self._destination] = error
+            self._work.stopped = True
+
+    def _stored(self, attempt: _Attempt, result: StoreResult) -> list[audit.Record]:
         decision = attempt.decision
         if self._hold_back and result.context_rejected and is_compressed(attempt.prepared.transfer_syntax):
             self.held_back.append(_held_back(decision, self._destination, result.detail or ""))
-            return
+            return []
+        self._count_silence(result)
         outcome, reason = _classify(result, self._destination == SINBIN, decision)
+        if (outcome is Outcome.FAILED and result.status is None and not result.transient
+                and attempt.prepared.method is Method.AS_STORED and not decision.path.exists()):
+            # The stored file vanished between its preparation and its C-STORE.
+            reason = f"{decision.path}: {FILE_GONE}"
         if outcome is Outcome.FAILED:
             LOGGER.warning("instance %d (%s) to %s failed: %s", decision.instance.id, decision.path,
                            self._destination, reason)
@@ -440,13 +634,13 @@ class _Recorder:
             changes += result.conversion.as_dicts()
             self.decompressed += 1
             self.decompressed_lossy += result.conversion.lossy_source
-        audit.write(self._session, _record(
+        return [_record(
             decision, self._batch_id, outcome, destination=self._destination, reason=reason,
             dimse_status=result.status, transient=outcome is Outcome.FAILED and result.transient,
             changes=changes, started_at=attempt.started,
-        ), commit=False)
+        )]
 
-    def _unsent(self, decisions: list[Decision], error: DestinationError) -> None:
+    def _unsent(self, decisions: list[Decision], error: DestinationError) -> list[audit.Record]:
         self.last_error = error
         if self._hold_back and isinstance(error, ContextsRejected):
             # The destination accepted no context at all: hold back the compressed ones.
@@ -460,12 +654,23 @@ class _Recorder:
                 self.held_back.append(_held_back(decision, self._destination, detail))
             decisions = remaining
         if not decisions:
-            return
+            return []
         LOGGER.warning("batch %d: %s; %d instance(s) failed", self._batch_id, error, len(decisions))
-        for decision in decisions:
-            audit.write(self._session, _record(
-                decision, self._batch_id, Outcome.FAILED, destination=self._destination,
-                reason=str(error), transient=error.transient), commit=False)
+        return [_record(decision, self._batch_id, Outcome.FAILED, destination=self._destination,
+                        reason=str(error), transient=error.transient)
+                for decision in decisions]
+
+
+def _database_error(error: OperationalError) -> str:
+    """Return the first line of the database's message, without the statement SQLAlchemy appends."""
+    return str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+
+
+def _database_hint(error: OperationalError) -> str:
+    # SQLSTATE 53100 is PostgreSQL's disk_full, SQLITE_FULL (13) SQLite's.
+    full = (getattr(error.orig, "sqlstate", None) == "53100"
+            or getattr(error.orig, "sqlite_errorcode", None) == 13)
+    return "; free space on the state database's disk" if full else ""
 
 
 def _classify(result: StoreResult, to_sinbin: bool, decision: Decision) -> tuple[Outcome, str | None]:

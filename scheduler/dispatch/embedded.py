@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import logging.handlers
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from multiprocessing import get_context
+from multiprocessing.queues import Queue
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -28,7 +30,7 @@ from migrator import audit
 from migrator.config import Settings
 from migrator.context import RunContext
 from migrator.controls import is_paused
-from migrator.errors import MigratorError, StateError
+from migrator.errors import MigratorError, StateError, StorageRootError
 from migrator.pipeline import BatchResult, migrate_batch
 from migrator.pipeline.lease import owner_is_gone
 from migrator.state.models import (
@@ -40,11 +42,19 @@ from migrator.state.models import (
     Outcome,
 )
 from scheduler.dispatch.preflight import check_legacy_matches
+from scheduler.dispatch.storage_roots import RECHECK_SECONDS, check_roots
 
 LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: How often a paused run checks whether it was resumed.
 PAUSE_POLL_SECONDS = 2.0
+#: The end of the message when a root is missing before the run starts.
+ROOTS_BEFORE_RUN = "Nothing was sent; run 'migrator start' again once every root can be read"
+#: The end of the message when a root goes missing while the run goes on.
+ROOTS_DURING_RUN = ("The run stopped starting batches when it found the root gone. Files of the "
+                    "root that vanished during the run failed with 'file not found'; once the root "
+                    "can be read, 'migrator start --retry-failed' sends them and the instances "
+                    "still pending")
 
 _CONTEXT: RunContext | None = None
 
@@ -59,7 +69,8 @@ def _die_with_parent() -> None:
         LOGGER.debug("prctl(PR_SET_PDEATHSIG) is not available on this system")
 
 
-def _init_process(settings: Settings, parent: int, dry_run: bool = False) -> None:
+def _init_process(settings: Settings, parent: int, dry_run: bool = False,
+                  logs: LogForwarding | None = None) -> None:
     global _CONTEXT
     _die_with_parent()
     # Ctrl-C ends a pool process at once instead of raising KeyboardInterrupt,
@@ -67,7 +78,58 @@ def _init_process(settings: Settings, parent: int, dry_run: bool = False) -> Non
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if os.getppid() != parent:
         os._exit(1)  # the parent died before prctl took effect
+    if logs is not None:
+        logs.send_from_here()
     _CONTEXT = RunContext.open(settings, dry_run)
+
+
+class _Relay(logging.Handler):
+    """Hands each record to the logger of its name in this process, so this process's handlers show it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+class LogForwarding:
+    """Sends the log records of the pool processes to this process's handlers.
+
+    A spawned pool process starts without handlers, so without this its
+    warnings (a failed association, a file that vanished, a state database
+    that rejects writes) would be lost. At the INFO level or above only
+    warnings and errors are sent, so that the per-batch INFO lines of the
+    pool processes do not crowd the progress bar. With DEBUG (``migrator
+    -v``) every record is sent.
+    """
+
+    def __init__(self) -> None:
+        root = logging.getLogger()
+        level = root.getEffectiveLevel()
+        self.level = level if level <= logging.DEBUG else max(level, logging.WARNING)
+        #: Loggers with a level of their own in this process, such as pynetdicom's.
+        self.levels = {name: logger.level for name, logger in logging.Logger.manager.loggerDict.items()
+                       if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET}
+        self.queue: Queue[logging.LogRecord] = get_context("spawn").Queue()
+        self._listener = logging.handlers.QueueListener(self.queue, _Relay())
+
+    def __enter__(self) -> LogForwarding:
+        self._listener.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._listener.stop()
+        self.queue.close()
+
+    def __getstate__(self) -> dict[str, object]:
+        # The listener thread stays in this process; a pool process receives the rest.
+        return {"level": self.level, "levels": self.levels, "queue": self.queue}
+
+    def send_from_here(self) -> None:
+        """Replace the handlers of this pool process with one that puts records on the queue."""
+        root = logging.getLogger()
+        root.handlers = [logging.handlers.QueueHandler(self.queue)]
+        root.setLevel(self.level)
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _run_batch(batch_id: int) -> BatchResult:
@@ -163,6 +225,7 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     context = RunContext.open(settings, dry_run)
     with sessions() as session:
         held = prepare(session, retry_failed)
+        check_roots(settings, session, ROOTS_BEFORE_RUN)
         check_legacy_matches(context, session)
         batches = planned_batches(session)
         waiting = seconds_to_next_retry(session) is not None
@@ -174,20 +237,22 @@ def run_embedded(settings: Settings, sessions: sessionmaker[Session], retry_fail
     if not batches and not waiting:
         return totals
     processes = max(1, min(settings.run.processes, len(batches)))
-    pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
-                               initargs=(settings, os.getpid(), dry_run))
-    try:
-        _dispatch(pool, processes, batches, totals, on_batch, sessions, refill=not dry_run)
-    except BrokenProcessPool as exc:
-        raise MigratorError(
-            f"a migration process died ({exc}); run 'migrator start' again to resume") from None
-    except BaseException:
-        # Ctrl-C or an error: claim nothing more. The pool processes end
-        # with this process (PR_SET_PDEATHSIG), abandoning their batches'
-        # leases, which the next start takes back.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    with LogForwarding() as logs:
+        pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_init_process,
+                                   initargs=(settings, os.getpid(), dry_run, logs))
+        try:
+            _dispatch(pool, processes, batches, totals, on_batch, sessions, refill=not dry_run,
+                      check=lambda session: check_roots(settings, session, ROOTS_DURING_RUN))
+        except BrokenProcessPool as exc:
+            raise MigratorError(
+                f"a migration process died ({exc}); run 'migrator start' again to resume") from None
+        except BaseException:
+            # Ctrl-C or an error: claim nothing more. The pool processes end
+            # with this process (PR_SET_PDEATHSIG), abandoning their batches'
+            # leases, which the next start takes back.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return totals
 
 
@@ -204,15 +269,19 @@ def _still_paused(sessions: sessionmaker[Session], was_paused: bool) -> bool:
 
 def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int, int]],
               totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
-              sessions: sessionmaker[Session], refill: bool = True) -> None:
+              sessions: sessionmaker[Session], refill: bool = True,
+              check: Callable[[Session], None] | None = None) -> None:
     """Keep two batches per process queued until every batch has run, retries included.
 
     While the state database cannot be reached, nothing new starts, and the
     run goes on when it responds again. Without ``refill`` only ``batches``
     run, once: a dry run returns each batch to the plan, where it must not
-    be found again.
+    be found again. ``check`` runs every ``RECHECK_SECONDS``, and after
+    each batch with failed instances. When it raises StorageRootError, no
+    batch starts any more, and the error is raised again once the running
+    batches have finished.
     """
-    dispatcher = _Dispatcher(pool, processes * 2, batches, totals, on_batch, sessions, refill)
+    dispatcher = _Dispatcher(pool, processes * 2, batches, totals, on_batch, sessions, refill, check)
     unavailable = False
     while True:
         try:
@@ -231,7 +300,8 @@ def _dispatch(pool: ProcessPoolExecutor, processes: int, batches: list[tuple[int
 class _Dispatcher:
     def __init__(self, pool: ProcessPoolExecutor, slots: int, batches: list[tuple[int, int]],
                  totals: Counter[str], on_batch: Callable[[BatchResult, int], None] | None,
-                 sessions: sessionmaker[Session], refill: bool = True) -> None:
+                 sessions: sessionmaker[Session], refill: bool = True,
+                 check: Callable[[Session], None] | None = None) -> None:
         self.pool = pool
         self.refill = refill
         self.slots = slots
@@ -242,18 +312,26 @@ class _Dispatcher:
         self.totals = totals
         self.on_batch = on_batch
         self.sessions = sessions
+        self.check = check
+        self.next_check = time.monotonic() + RECHECK_SECONDS
+        #: Why no batch may start any more; raised once the running ones have finished.
+        self.stopped: StorageRootError | None = None
 
     def step(self) -> bool:
         """Start batches while slots are free and collect finished ones; True when all are done."""
         self.paused = _still_paused(self.sessions, self.paused)
-        if not self.paused and not self.queue and self.refill:
+        self._check_roots()
+        hold = self.paused or self.stopped is not None
+        if not hold and not self.queue and self.refill:
             with self.sessions() as session:
                 self.queue.extend(planned_batches(session, exclude=set(self.running.values())))
             self.sizes.update(self.queue)
-        while not self.paused and self.queue and len(self.running) < self.slots:
+        while not hold and self.queue and len(self.running) < self.slots:
             batch_id, _ = self.queue.popleft()
             self.running[self.pool.submit(_run_batch, batch_id)] = batch_id
         if not self.running:
+            if self.stopped is not None:
+                raise self.stopped
             if not self.refill and not self.queue:
                 return True
             with self.sessions() as session:
@@ -267,6 +345,22 @@ class _Dispatcher:
             self._collect(future)
         return False
 
+    def _check_roots(self) -> None:
+        if self.check is None or self.stopped is not None or time.monotonic() < self.next_check:
+            return
+        self.next_check = time.monotonic() + RECHECK_SECONDS
+        try:
+            with self.sessions() as session:
+                self.check(session)
+        except StorageRootError as exc:
+            self.stopped = exc
+            self.queue.clear()
+            # Batches submitted to the pool but not started yet stay planned.
+            for future in [future for future in self.running if future.cancel()]:
+                del self.running[future]
+            LOGGER.error("a storage root cannot be read: no batch starts any more, and the run "
+                         "stops once its %d running batch(es) have finished", len(self.running))
+
     def _collect(self, future: Future[BatchResult]) -> None:
         batch_id = self.running.pop(future)
         try:
@@ -279,6 +373,9 @@ class _Dispatcher:
                 self.queue.append((batch_id, self.sizes.get(batch_id, 0)))
             return
         self.totals.update(result.outcomes)
+        if result.outcomes.get(Outcome.FAILED.value):
+            # A root that went away fails every file of it: check the roots before the next batch.
+            self.next_check = 0.0
         if result.interrupted:
             return
         size = self.sizes.get(result.batch_id, 0)
