@@ -12,12 +12,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from migrator import audit
 from migrator.index.folder import FileStat, ParsedFile, storable
-from migrator.state.models import Instance, Outcome
+from migrator.state.models import Batch, BatchStatus, Instance, Outcome
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,8 +108,21 @@ def store_parsed(session: Session, root_id: int, parsed: list[ParsedFile], known
             LOGGER.warning("%s/%s changed after it was migrated (outcome %s); not migrated again",
                            summary.root, item.rel_path, old[3])
             continue
-        session.execute(update(Instance).where(Instance.id == old[0])
-                        .values(**values, batch_id=None, outcome=None))
+        # The row read for the comparison may be stale: a running batch can have
+        # recorded an outcome since, or be about to. Only a row that is still
+        # without an outcome, outside a running batch, is indexed again.
+        running = select(Batch.id).where(Batch.status == BatchStatus.RUNNING.value)
+        updated = session.execute(
+            update(Instance)
+            .where(Instance.id == old[0],
+                   or_(Instance.outcome.is_(None), Instance.outcome == Outcome.UNREADABLE.value),
+                   or_(Instance.batch_id.is_(None), Instance.batch_id.not_in(running)))
+            .values(**values, batch_id=None, outcome=None))
+        if updated.rowcount != 1:  # type: ignore[attr-defined]
+            summary.changed_after_outcome += 1
+            LOGGER.warning("%s/%s changed while its batch was running; run 'migrator plan' again "
+                           "once the run has finished", summary.root, item.rel_path)
+            continue
         if item.parse_error:
             unreadable_ids.append((old[0], item))
     new_unreadable = [item for item in parsed if item.parse_error and item.rel_path not in known]
