@@ -41,8 +41,12 @@ def start_command(
     always runs on the local pool.
     """
     settings = load(config)
+    if dry_run and retry_failed:
+        # Resetting failed outcomes is a change to the record, which a dry run must not make.
+        raise fail(ValueError("--dry-run cannot be combined with --retry-failed: a dry run changes "
+                              "no outcome; rehearse first, then run 'migrator start --retry-failed'"))
     if dry_run:
-        raise typer.Exit(_dry_run(settings, retry_failed))
+        raise typer.Exit(_dry_run(settings))
     totals: Counter[str] = Counter()
     try:
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
@@ -89,14 +93,14 @@ def start_command(
         raise typer.Exit(1)
 
 
-def _dry_run(settings: Settings, retry_failed: bool) -> int:
+def _dry_run(settings: Settings) -> int:
     """Run ``start --dry-run`` and print where the instances would go; return the exit code."""
     try:
         sessions = open_state(settings.state.sqlalchemy_url(settings.base_dir))
         with Progress(TextColumn("dry run"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as progress:
             task = progress.add_task("instances", total=None)
-            totals = run_embedded(settings, sessions, retry_failed, dry_run=True,
+            totals = run_embedded(settings, sessions, dry_run=True,
                                   on_batch=lambda result, size: progress.advance(task, size),
                                   on_start=lambda total: progress.update(task, total=total))
     except KeyboardInterrupt:

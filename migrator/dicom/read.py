@@ -343,11 +343,20 @@ def read_send_header(path: str | os.PathLike[str]) -> SendHeader:
             pixel_offset = fp.tell()
             if _is_deflated(ds):
                 return SendHeader(ds, pixel_offset, size, standard)
-            padded = pad_odd_values(ds)
             implicit, little_endian = ds.original_encoding
             little_endian = little_endian is not False
-            odd = (_next_tag_is_pixel_data(fp, little_endian)
-                   and odd_pixel_data(fp, pixel_offset, bool(implicit), little_endian))
+            has_pixel_data = _next_tag_is_pixel_data(fp, little_endian)
+            # The file may have changed since it was indexed: check it again as for the index.
+            problem = (pixel_data_problem(fp, pixel_offset, bool(implicit), little_endian)
+                       if has_pixel_data else _end_problem(fp, ds, size))
+            if problem is not None:
+                raise UnreadableFile(f"truncated file: {problem}; look for a complete copy of it")
+            missing = [label for keyword, label in REQUIRED.items() if not ds.get(keyword)]
+            if missing:
+                raise UnreadableFile(f"missing {', '.join(missing)}: the file was cut short or changed "
+                                     "after it was indexed; inspect it with dcmdump")
+            padded = pad_odd_values(ds)
+            odd = has_pixel_data and odd_pixel_data(fp, pixel_offset, bool(implicit), little_endian)
             return SendHeader(ds, pixel_offset, size, standard, odd, tuple(padded))
     except UnreadableFile:
         raise

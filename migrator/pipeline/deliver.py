@@ -318,7 +318,8 @@ class _Sender:
             started = audit.now()
             try:
                 prepared = prepare_file(decision.path, self._corrections(decision), self._scratch)
-            except (UnreadableFile, EncodeError, OSError) as exc:
+                check_identity(decision, prepared)
+            except Exception as exc:  # a file that cannot be sent must not end the batch
                 reason = _unprepared_reason(decision.path, exc)
                 LOGGER.warning("instance %d (%s): %s", decision.instance.id, decision.path, reason)
                 self._unprepared.append(_Unprepared(decision, f"{decision.path}: {reason}", started))
@@ -335,10 +336,32 @@ class _Sender:
         return lambda ds: run_steps(steps, ds, step_context)
 
 
+def check_identity(decision: Decision, prepared: PreparedFile) -> None:
+    """Check that the file to send is the instance that was indexed.
+
+    A file replaced after the plan by another instance of the same name,
+    even with the same size and time, would otherwise be sent under the
+    indexed instance's legacy values and recorded as that instance.
+
+    Raises
+    ------
+    UnreadableFile
+        The file holds another SOP Instance UID; the prepared copy is discarded.
+    """
+    indexed = decision.instance.sop_instance_uid
+    if prepared.sop_instance_uid != indexed:
+        prepared.discard()
+        raise UnreadableFile(f"the file now holds SOP Instance UID {prepared.sop_instance_uid}, not the "
+                             f"indexed {indexed}: it changed after 'migrator plan'; check it, run "
+                             "'migrator plan' again, then 'migrator start --retry-failed'")
+
+
 def _unprepared_reason(path: Path, exc: Exception) -> str:
     """Word why the file to send for the stored file ``path`` could not be prepared."""
-    if not isinstance(exc, OSError):
+    if isinstance(exc, (UnreadableFile, EncodeError)):
         return str(exc)
+    if not isinstance(exc, OSError):
+        return f"cannot prepare the file to send: {type(exc).__name__}: {exc}"
     # The stored file went away after its header was read, while its Pixel
     # Data was copied, or the corrected copy could not be written.
     if not path.exists():

@@ -23,13 +23,12 @@ from migrator.config import SINBIN, SKIP
 from migrator.context import RunContext
 from migrator.dicom.prepare import (
     Corrections,
-    EncodeError,
     PreparedFile,
     ScratchFolder,
     prepare_file,
 )
-from migrator.dicom.read import UnreadableFile
 from migrator.pipeline.decide import Decision
+from migrator.pipeline.deliver import check_identity
 from migrator.pipeline.lease import Lease
 from migrator.state.models import Outcome
 from migrator.steps import StepContext, run_steps
@@ -62,9 +61,10 @@ def rehearse(context: RunContext, session: Session, lease: Lease, destination: s
                 try:
                     prepared = prepare_file(decision.path, _corrections(context, destination, decision),
                                             scratch)
+                    check_identity(decision, prepared)
                     changes = [change.as_dict() for change in prepared.changes]
                     _read_through(prepared)
-                except (UnreadableFile, EncodeError, OSError) as exc:
+                except Exception as exc:  # as in a real run, a file that cannot be sent ends nothing
                     LOGGER.warning("instance %d (%s): %s", decision.instance.id, decision.path, exc)
                     reason = f"would fail: {decision.path}: {exc}"
                     counts[WOULD_FAIL] += 1

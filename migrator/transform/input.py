@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -94,7 +95,7 @@ def parse_list(text: str, name: str) -> list[ListedTransformation]:
     first_line: dict[str, ListedTransformation] = {}
     columns: tuple[int, int] | None = None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
-    for fields in reader:
+    for fields in _rows(reader, errors):
         line = reader.line_num
         cells = [cell.strip() for cell in fields]
         if not any(cells) or cells[0].startswith("#"):
@@ -125,6 +126,16 @@ def parse_list(text: str, name: str) -> list[ListedTransformation]:
         raise TransformListError(f"{name}: the list contains no SOP Instance UID; expected lines of "
                                  "sop_instance_uid,transformation")
     return listed
+
+
+def _rows(reader: Any, errors: list[str]) -> Iterator[list[str]]:
+    """Yield the reader's rows; a row the csv module cannot read ends the list with an error."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        # The csv module names the line where it stopped, which a stray quote puts after the error.
+        errors.append(f"line {reader.line_num}: {exc} (a stray double quote opens a field that "
+                      "runs on; check this line and the one before it)")
 
 
 def _columns(cells: list[str], line: int, errors: list[str]) -> tuple[tuple[int, int] | None, bool]:

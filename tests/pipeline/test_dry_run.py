@@ -82,3 +82,13 @@ def test_dry_run_missing_file(tmp_path: Path, sqlite_url: str) -> None:
     assert str(path) in entries[0].reason
     assert "storage root is mounted" in entries[0].reason
     assert migration.outcomes()[(gone.root, gone.rel_path)] is None
+
+
+def test_dry_run_rejects_retry_failed(tmp_path: Path, sqlite_url: str) -> None:
+    """Resetting failed outcomes would change the record, so a dry run refuses --retry-failed."""
+    migration = prepare_migration(tmp_path, sqlite_url, {n: ("NONE", 9) for n in ("main", "nonpixel", "sinbin")})
+    plan(migration.settings, migration.sessions)
+    result = _start(tmp_path / "migrator.toml", "--dry-run", "--retry-failed")
+    assert result.returncode == 1
+    assert "--dry-run cannot be combined with --retry-failed" in result.stderr
+    assert _dry_run_rows(migration) == []

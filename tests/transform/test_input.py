@@ -121,3 +121,10 @@ def test_load_adds_changes_and_reports_conflicts(sqlite_url: str) -> None:
     assert items == {UID_A: ("flip_vertical", "two.csv line 1"), UID_B: ("rotate_180", "one.csv line 2"),
                      UID_C: ("rotate_180", "two.csv line 3")}
     sessions.kw["bind"].dispose()
+
+
+def test_stray_quote_names_line() -> None:
+    """A quote that opens a field running past the csv module's limit is a line error, not a crash."""
+    text = "sop_instance_uid,transformation\n1.2.3,rotate_180\n\"" + "x" * 200_000 + "\n"
+    with pytest.raises(TransformListError, match=r"line 3: field larger than field limit"):
+        parse_list(text, "stray.csv")
