@@ -321,16 +321,37 @@ def _finish(work: _Work, status: TransformStatus, reason: str | None, destinatio
         item.retrieved_from = work.source.retrieved_from
 
 
+def _held_by_migration(context: RunContext, instance: Instance, work: _Work, row: LegacyRow | None) -> str | None:
+    """Return why the migration holds this instance back for review, which a transform must not bypass."""
+    if instance.outcome == Outcome.SINBINNED.value and work.item.status != TransformStatus.SINBINNED.value:
+        return ("held in the sin bin by the migration; review it there and release it with 'migrator "
+                "sinbin release' before transforming it")
+    if row is None:
+        return ("no row in the legacy database (an orphan, which the migration holds in the sin bin for "
+                "review); resolve it in the legacy database first")
+    study = str(row.get("StudyInstanceUID") or instance.study_uid or "")
+    if study in context.excluded_studies or instance.study_uid in context.excluded_studies:
+        return f"study {study} is on the exclusion list, so the migration does not send it"
+    return None
+
+
 def _prepare(context: RunContext, session: Session, work: _Work, row: LegacyRow | None) -> bool:
     """Read, check, correct and transform one instance; return False when it failed and is recorded."""
     settings = context.settings
     assert work.source is not None
     instance = session.get_one(Instance, work.source.instance_id)
-    if instance.outcome in (Outcome.SENT.value, Outcome.SENT_WITH_WARNING.value) and not settings.transform.new_uid:
+    delivered = [Outcome.SENT.value, Outcome.SENT_WITH_WARNING.value]
+    # Any file of this UID counts: a duplicate's copy may have been sent while this one was held.
+    sent = session.scalar(select(Instance.outcome).where(
+        Instance.sop_instance_uid == work.item.sop_instance_uid, Instance.outcome.in_(delivered)).limit(1))
+    if sent is not None and not settings.transform.new_uid:
         _record(session, work, Outcome.FAILED, final=False, reason=(
-            f"already {instance.outcome} untransformed by the migration; a destination may keep the first "
+            f"already {sent} untransformed by the migration; a destination may keep the first "
             "instance it receives with a SOP Instance UID, so set transform.new_uid = true to send the "
             "transformed image under a new one"))
+        return False
+    if refusal := _held_by_migration(context, instance, work, row):
+        _record(session, work, Outcome.FAILED, final=False, reason=refusal)
         return False
     try:
         ds = read_instance(work.source.path)

@@ -45,7 +45,7 @@ from tests.transform.support import (
 
 SAMPLES = {"held": "SC_rgb_rle.dcm", "invalid": "OBXXXX1A.dcm", "plain": "SC_rgb.dcm",
            "sent_first": "SC_rgb_small_odd.dcm", "listed_first": "emri_small.dcm",
-           "sent_geometry": "CT_small.dcm"}
+           "sent_geometry": "CT_small.dcm", "orphan": "MR_small.dcm"}
 LEGACY_VALUES = {"held": "Rotate clockwise 90 degrees", "invalid": "turn it around", "plain": None,
                  "sent_first": None, "listed_first": None, "sent_geometry": None}
 
@@ -196,6 +196,20 @@ def test_refused_transform_keeps_sent_outcome(archive: Archive) -> None:
     assert archive.item(uid).status == "sinbinned"
     assert archive.outcome("sent_geometry") == "sent"
     assert archive.audit("sent_geometry")[-1][0] == "sinbinned"
+
+
+def test_orphan_stays_in_sinbin(archive: Archive) -> None:
+    """An instance the migration held in the sin bin is not sent by a transform around its review."""
+    uid = archive.uid("orphan")
+    assert archive.outcome("orphan") == "sinbinned"
+    listing = write_csv(archive.tmp / "orphan.csv", [(uid, "rotate_180")])
+    assert migrator("transform", "load", str(listing), "--config", str(archive.config)).exit_code == 0
+    migrator("transform", "run", "--config", str(archive.config))
+    item = archive.item(uid)
+    assert item.status == "failed"
+    assert "held in the sin bin by the migration" in (item.reason or "")
+    assert archive.outcome("orphan") == "sinbinned"
+    assert uid not in archive.main.received
 
 
 def test_uid_outside_index_fails_without_legacy_pacs(archive: Archive) -> None:

@@ -164,7 +164,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             legacy.upload(tmp / "samples" / f"{case.name}.dcm")
         (tmp / "archive").mkdir()
         common: dict[str, Any] = dict(
-            state_url=state_url, legacy_url=write_legacy_db(tmp / "legacy.sqlite", {}), root=tmp / "archive",
+            # The legacy database knows every instance that the legacy PACS stores.
+            state_url=state_url, root=tmp / "archive",
+            legacy_url=write_legacy_db(tmp / "legacy.sqlite",
+                                       {str(source.SOPInstanceUID): None for source in sources.values()}),
             main=("NEWPACS", destination.port), sinbin=("SINBIN", sinbin.port), transformation_column=False)
         transform = {"legacy_ae_title": LEGACY_AE, "legacy_host": "127.0.0.1", "legacy_port": legacy.dicom_port,
                      "scp_ae_title": SCP_AE, "scp_port": scp_port, "scp_folder": "received",
