@@ -94,7 +94,7 @@ STILL_WAITING_LOG_SECONDS = 60.0
 
 @dataclass
 class BatchDestinations:
-    """What the deliveries of one batch learned about its destinations, shared by its deliver() calls.
+    """The destinations' state during one batch, shared by the batch's deliver() calls.
 
     A batch is delivered study by study, so one destination meets several
     calls. A destination that ended a call with instances left unsent for a
@@ -346,12 +346,12 @@ def check_identity(decision: Decision, prepared: PreparedFile) -> None:
     Raises
     ------
     UnreadableFile
-        The file holds another SOP Instance UID; the prepared copy is discarded.
+        The file contains another SOP Instance UID; the prepared copy is discarded.
     """
     indexed = decision.instance.sop_instance_uid
     if prepared.sop_instance_uid != indexed:
         prepared.discard()
-        raise UnreadableFile(f"the file now holds SOP Instance UID {prepared.sop_instance_uid}, not the "
+        raise UnreadableFile(f"the file now contains SOP Instance UID {prepared.sop_instance_uid}, not the "
                              f"indexed {indexed}: it changed after 'migrator plan'; check it, run "
                              "'migrator plan' again, then 'migrator start --retry-failed'")
 

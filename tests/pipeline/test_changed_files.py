@@ -48,7 +48,7 @@ def test_changed_files_fail_with_reason(tmp_path: Path, sqlite_url: str) -> None
     assert held.sop_instance_uid not in scps["sinbin"].received
 
     assert outcomes[(replaced.root, replaced.rel_path)] == "failed"
-    assert f"now holds SOP Instance UID {donor.sop_instance_uid}" in reasons[replaced.rel_path]
+    assert f"now contains SOP Instance UID {donor.sop_instance_uid}" in reasons[replaced.rel_path]
     assert scps["main"].arrivals.count(donor.sop_instance_uid) == 1
 
     others = [e for e in migration.archive.expected
