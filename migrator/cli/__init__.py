@@ -35,8 +35,10 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    # pynetdicom logs every association at INFO; keep its warnings and errors only.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom logs every association at INFO, and a refused connection or a
+    # failed TLS handshake at ERROR with a traceback; the migrator's own
+    # message names the destination and the cause, so pynetdicom speaks only with -v.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

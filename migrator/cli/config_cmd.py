@@ -59,7 +59,10 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
                 raise OSError(f"{path} is not a readable folder; is the share mounted?")
 
         report(f"storage root {root.name} ({path})", root_check)
-    report("exclusion list", lambda: load_exclusion_list(settings))
+    if settings.routing.exclusion_list is None:
+        out.print("  [dim]none[/dim]   exclusion list: not configured")
+    else:
+        report(f"exclusion list ({settings.routing.exclusion_list})", lambda: load_exclusion_list(settings))
     targets = dict(settings.destinations, sinbin=settings.sinbin)
     for name, destination in targets.items():
         report(f"C-ECHO {name} ({destination.ae_title}@{destination.host}:{destination.port})",
