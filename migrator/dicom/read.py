@@ -351,11 +351,12 @@ def read_send_header(path: str | os.PathLike[str]) -> SendHeader:
                        if has_pixel_data else _end_problem(fp, ds, size))
             if problem is not None:
                 raise UnreadableFile(f"truncated file: {problem}; look for a complete copy of it")
+            # Padding works on the values as read, so it goes before any value is converted.
+            padded = pad_odd_values(ds)
             missing = [label for keyword, label in REQUIRED.items() if not ds.get(keyword)]
             if missing:
                 raise UnreadableFile(f"missing {', '.join(missing)}: the file was cut short or changed "
                                      "after it was indexed; inspect it with dcmdump")
-            padded = pad_odd_values(ds)
             odd = has_pixel_data and odd_pixel_data(fp, pixel_offset, bool(implicit), little_endian)
             return SendHeader(ds, pixel_offset, size, standard, odd, tuple(padded))
     except UnreadableFile:
