@@ -36,8 +36,8 @@ def setup_logging(verbose: bool = False) -> None:
         force=True,
     )
     # pynetdicom logs every association at INFO, and a refused connection or a
-    # failed TLS handshake at ERROR with a traceback; the migrator's own
-    # message names the destination and the cause, so pynetdicom speaks only with -v.
+    # failed TLS handshake at ERROR with a traceback. The migrator's own
+    # message names the destination and the cause, so pynetdicom logs only with -v.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 

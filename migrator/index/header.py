@@ -1,10 +1,11 @@
 """Reading a file's index fields: the header fields of :func:`migrator.dicom.read.read_header`
 plus the keyed hashes of its Patient ID and Patient Name, from one parse of the header.
 
-Indexing reads every file of the archive once, so this module reads the
-common case, a Part 10 file in a little endian, not deflated transfer
-syntax with complete Pixel Data, with pydicom's element generator and
-converts only the elements the index stores. On the generated CT files
+Indexing reads every file of the archive once, so this module has a quick
+read for the common case: a Part 10 file in a little endian, not deflated
+transfer syntax, with complete Pixel Data. The quick read walks the header
+with pydicom's element generator and converts only the elements the index
+stores. On the generated CT files
 this took half the CPU time of ``dcmread``, which builds the whole data
 set and its File Meta. Any other file, and any file that the quick read
 cannot take, is read again by

@@ -322,7 +322,7 @@ def _finish(work: _Work, status: TransformStatus, reason: str | None, destinatio
 
 
 def _held_by_migration(context: RunContext, instance: Instance, work: _Work, row: LegacyRow | None) -> str | None:
-    """Return why the migration holds this instance back for review, which a transform must not bypass."""
+    """Return why the migration keeps this instance back for review, which a transform must not bypass."""
     if instance.outcome == Outcome.SINBINNED.value and work.item.status != TransformStatus.SINBINNED.value:
         return ("held in the sin bin by the migration; review it there and release it with 'migrator "
                 "sinbin release' before transforming it")

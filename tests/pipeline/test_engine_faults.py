@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 STATUSES = {0xB000: ("sent_with_warning", False), 0xA700: ("failed", True),
             0xA900: ("failed", False), 0xC000: ("failed", False)}
 
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[Any]]]:
-    """Processes a test starts; any still running at the end are killed with their group."""
-    processes: list[subprocess.Popen[Any]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _configure(config: Path, **fields: object) -> None:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,6 @@ from tests.support import CALLING_AE, Migration, prepare_migration, running_scps
 JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 PLAIN_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[Any]]]:
-    """Processes a test starts; any still running at the end are killed with their group."""
-    processes: list[subprocess.Popen[Any]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _start(config: Path, started: list[subprocess.Popen[Any]]) -> subprocess.Popen[bytes]:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,6 @@ from tests.support import CALLING_AE, Migration, prepare_migration, running_scps
 #: Wide enough that rich folds no log line or message.
 WIDE_OUTPUT = {**os.environ, "COLUMNS": "1000"}
 
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[Any]]]:
-    """``migrator start`` processes of the test; any still running at the end are killed."""
-    processes: list[subprocess.Popen[Any]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _migrator(config: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

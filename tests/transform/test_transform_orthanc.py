@@ -164,7 +164,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             legacy.upload(tmp / "samples" / f"{case.name}.dcm")
         (tmp / "archive").mkdir()
         common: dict[str, Any] = dict(
-            # The legacy database knows every instance that the legacy PACS stores.
+            # The legacy database has a row for every instance that the legacy PACS stores.
             state_url=state_url, root=tmp / "archive",
             legacy_url=write_legacy_db(tmp / "legacy.sqlite",
                                        {str(source.SOPInstanceUID): None for source in sources.values()}),
